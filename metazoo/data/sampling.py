@@ -1,0 +1,93 @@
+"""EpisodeSampler: N-way K-shot episodes drawn from a FewShotDataset's tensor cache.
+
+Episode ``i`` is a pure function of ``(seed, i)``: the same for any worker count or order of
+requests, so validation and test episodes are fixed sets and a resumed run sees the episodes it
+would have seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..episode import Episode, LabeledSet
+from .base import FewShotDataset
+
+
+class EpisodeSizeError(ValueError):
+    """The asked-for ways, shots and queries do not fit the split."""
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """A 63-bit generator seed for episode ``index`` of a sampler seeded with ``seed``."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class EpisodeSampler(torch.utils.data.Dataset):
+    """Map-style dataset of episodes: ``sampler[i]`` is episode ``i``.
+
+    Args:
+        dataset: the split to sample from.
+        ways: classes per episode.
+        shots: support examples per class.
+        queries: query examples per class.
+        seed: fixes the whole sequence of episodes.
+        episodes: length reported by ``len()`` (the number of fixed episodes for evaluation);
+            indexing past it is still allowed, for open-ended training.
+    """
+
+    def __init__(self, dataset: FewShotDataset, ways: int, shots: int, queries: int,
+                 seed: int = 0, episodes: int = 1_000_000_000) -> None:
+        self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
+        self.seed, self.episodes = seed, episodes
+        self._check()
+        sizes = dataset.class_sizes
+        self._max_size = int(sizes.max())
+        # positions past a class's size sort last, so they are never picked
+        self._pad = torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
+
+    def _check(self) -> None:
+        d, per_class = self.dataset, self.shots + self.queries
+        where = f"{d.name} split {d.split!r}"
+        if self.ways < 1 or self.shots < 1 or self.queries < 0:
+            raise EpisodeSizeError(f"need ways >= 1, shots >= 1, queries >= 0; got ways={self.ways}, "
+                                   f"shots={self.shots}, queries={self.queries}")
+        if self.ways > d.num_classes:
+            raise EpisodeSizeError(f"{self.ways}-way episodes need {self.ways} classes, but {where} "
+                                   f"has {d.num_classes}")
+        small = (d.class_sizes < per_class).nonzero().flatten().tolist()
+        if small:
+            named = ", ".join(f"{d.class_names[c]!r} has {int(d.class_sizes[c])}" for c in small[:5])
+            more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+            raise EpisodeSizeError(
+                f"{self.shots} shots + {self.queries} queries need {per_class} images per class, but in "
+                f"{where} class {named}{more}. Lower shots/queries or drop those classes."
+            )
+
+    def __len__(self) -> int:
+        return self.episodes
+
+    def indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Episode ``index`` as (classes (ways,), image indices (ways, shots + queries))."""
+        g = torch.Generator().manual_seed(episode_seed(self.seed, index))
+        classes = torch.randperm(self.dataset.num_classes, generator=g)[: self.ways]
+        keys = torch.rand(self.ways, self._max_size, generator=g)
+        keys.masked_fill_(self._pad[classes], 2.0)
+        picks = keys.argsort(dim=1)[:, : self.shots + self.queries]  # (ways, shots + queries)
+        return classes, picks + self.dataset.class_offsets[classes, None]
+
+    def __getitem__(self, index: int) -> Episode:
+        classes, idx = self.indices(index)
+        x = self.dataset.to_float(self.dataset.images[idx.flatten()])
+        x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])
+        labels = torch.arange(self.ways)[:, None]
+        support = LabeledSet(x[:, : self.shots].flatten(0, 1),
+                             labels.expand(-1, self.shots).flatten(), self.ways)
+        query = LabeledSet(x[:, self.shots:].flatten(0, 1),
+                           labels.expand(-1, self.queries).flatten(), self.ways)
+        return Episode(support, query, classes, index)
+
+    def protocol(self) -> dict:
+        """What fixes these episodes, for results rows."""
+        return {"dataset": self.dataset.name, "split": self.dataset.split, "ways": self.ways,
+                "shots": self.shots, "queries": self.queries, "seed": self.seed}

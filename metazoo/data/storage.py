@@ -1,0 +1,109 @@
+"""Where data lives: the data root, the tensor cache, atomic writes and checked downloads."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+DATA_ENV = "METAZOO_DATA"
+CACHE_ENV = "METAZOO_CACHE"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset was not found; the message names every place looked and how to get it."""
+
+    def __init__(self, dataset: str, looked: Iterable[Path | str], how: str) -> None:
+        places = "\n".join(f"  - {p}" for p in looked)
+        super().__init__(f"{dataset} not found. Looked in:\n{places}\n{how}")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$METAZOO_DATA``, else ``~/.metazoo/data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".metazoo" / "data"
+
+
+def cache_dir(cache: str | os.PathLike | None = None) -> Path:
+    """Where decoded tensors are cached: ``cache``, else ``$METAZOO_CACHE``, else ``~/.cache/metazoo``."""
+    if cache is not None:
+        return Path(cache).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "metazoo"
+
+
+def source_key(paths: Iterable[Path], *extra: object) -> str:
+    """A short key for a cache entry: the sources' paths, sizes and modification times."""
+    h = hashlib.sha1()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for e in extra:
+        h.update(f"|{e}".encode())
+    return h.hexdigest()[:16]
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached(path: Path, build) -> object:
+    """Load ``path`` if it exists, else ``build()`` it and save it atomically."""
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception:  # a corrupt cache entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    obj = build()
+    atomic_save(obj, path)
+    return obj
+
+
+def download(url: str, dest: Path, md5: str, chunk: int = 1 << 20) -> Path:
+    """Fetch ``url`` to ``dest``, verifying its md5; an existing good file is kept.
+
+    The bytes go to a temporary file beside ``dest`` and are renamed into place only after the
+    checksum matches, so an interrupted or corrupt download leaves nothing behind.
+    """
+    if dest.exists() and file_md5(dest) == md5:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    h = hashlib.md5()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
+            while block := response.read(chunk):
+                h.update(block)
+                out.write(block)
+        if h.hexdigest() != md5:
+            raise IOError(f"checksum mismatch for {url}: expected md5 {md5}, got {h.hexdigest()}")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

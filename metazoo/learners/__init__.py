@@ -1,0 +1,37 @@
+"""Learners and their registry."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..registry import Registry
+
+LEARNERS = Registry("learner")
+
+
+def create_learner(name: str, backbone: nn.Module | str | dict = "conv4", **kwargs: Any):
+    """Build a registered learner around ``backbone``.
+
+    ``backbone`` is a module, a registered backbone name, or a dict ``{"name": ..., **settings}``.
+    Unknown learner names and settings fail with the valid ones listed.
+    """
+    from ..backbones import create_backbone
+
+    if isinstance(backbone, str):
+        backbone = create_backbone(backbone)
+    elif isinstance(backbone, dict):
+        settings = dict(backbone)
+        backbone = create_backbone(settings.pop("name", "conv4"), **settings)
+    return LEARNERS.create(name, backbone=backbone, **kwargs)
+
+
+def list_learners() -> list[str]:
+    return LEARNERS.names()
+
+
+from . import protonet  # noqa: E402,F401  (registers)
+from .base import Classifier, Learner  # noqa: E402
+from .protonet import ProtoNet  # noqa: E402
+
+__all__ = ["LEARNERS", "Classifier", "Learner", "ProtoNet", "create_learner", "list_learners"]

@@ -1,0 +1,50 @@
+"""The Learner contract: a learner maps a support set to a classifier."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..episode import Episode, LabeledSet
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]  # inputs (n, ...) -> logits (n, ways)
+
+
+class Learner(nn.Module):
+    """Base class of every learner.
+
+    Subclasses implement ``adapt(support) -> classifier``. ``adapt`` sees only the support set
+    (so no learner can use query labels) and mutates no module state: anything it learns from
+    the support set lives in the returned classifier. ``forward`` and ``meta_loss`` are shared;
+    a learner may override ``forward`` when it computes the same logits faster, and ``loss`` when
+    its paper trains with another loss.
+
+    Learners never own optimisers, devices or progress bars: the trainer does.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def adapt(self, support: LabeledSet) -> Classifier:
+        raise NotImplementedError
+
+    def forward(self, episode: Episode) -> torch.Tensor:
+        """Logits of the query inputs (n_query, ways)."""
+        return self.adapt(episode.support)(episode.query.inputs)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean query loss over a meta-batch, and detached metrics (loss, accuracy)."""
+        losses, correct, total = [], 0, 0
+        for episode in episodes:
+            logits = self(episode)
+            losses.append(self.loss(logits, episode.query.labels))
+            correct = correct + (logits.argmax(-1) == episode.query.labels).sum()
+            total += len(episode.query)
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
