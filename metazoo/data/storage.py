@@ -5,8 +5,9 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
 import torch
 
@@ -51,17 +52,32 @@ def source_key(paths: Iterable[Path], *extra: object) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: readers never see half a file."""
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it into place only if the block succeeds.
+
+    Readers never see half a file, and a failed or interrupted write leaves nothing behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def cached(path: Path, build) -> object:
@@ -84,20 +100,13 @@ def download(url: str, dest: Path, md5: str, chunk: int = 1 << 20) -> Path:
     """
     if dest.exists() and file_md5(dest) == md5:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-            while block := response.read(chunk):
-                h.update(block)
-                out.write(block)
+    with atomic_open(dest, "wb") as out, urllib.request.urlopen(url) as response:
+        while block := response.read(chunk):
+            h.update(block)
+            out.write(block)
         if h.hexdigest() != md5:
             raise IOError(f"checksum mismatch for {url}: expected md5 {md5}, got {h.hexdigest()}")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -1,0 +1,55 @@
+"""From a Config to the objects of a run: dataset splits, the learner, the optimiser."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .backbones import BACKBONES
+from .config import Config
+from .data import FewShotDataset, create_dataset
+from .learners import create_learner
+from .learners.base import Learner
+from .registry import accepted_kwargs
+
+
+def build_dataset(config: Config, split: str, root: str | Path | None = None) -> FewShotDataset:
+    """One split of the configured dataset; ``root`` (e.g. ``--data-root``) wins over ``data.root``."""
+    root = root if root is not None else config.data.root
+    return create_dataset(config.data.dataset, split=split, root=root, **config.data.options)
+
+
+def build_learner(config: Config, dataset: FewShotDataset) -> Learner:
+    """The configured learner; backbone input channels and image size default to the dataset's."""
+    settings = dict(config.backbone)
+    name = settings.pop("name", "conv4")
+    accepted = accepted_kwargs(BACKBONES.get_factory(name))
+    channels, size, _ = dataset.image_shape
+    for key, value in (("in_channels", channels), ("image_size", size)):
+        if key in accepted:
+            settings.setdefault(key, value)
+    learner_settings = dict(config.learner)
+    learner_name = learner_settings.pop("name", "protonet")
+    return create_learner(learner_name, backbone={"name": name, **settings}, **learner_settings)
+
+
+def build_optimizer(config: Config, learner: Learner):
+    """Optimiser and step-wise learning-rate schedule from ``[optim]``."""
+    o = config.optim
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if o.name == "adam":
+        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        raise ValueError(f"unknown optimiser {o.name!r}; valid: adam, sgd")
+    decays = o.step_size > 0
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=o.step_size if decays else 1, gamma=o.gamma if decays else 1.0)
+    return optimizer, scheduler
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

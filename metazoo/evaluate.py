@@ -1,0 +1,102 @@
+"""The one evaluation path: fixed, seeded episodes -> mean accuracy with a 95% confidence interval."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.sampling import EpisodeSampler
+from .data.storage import atomic_write_text
+from .learners.base import Learner
+
+BN_MODES = ("running", "transductive")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy over a fixed set of episodes; ``mean`` and ``ci95`` are fractions (0..1).
+
+    ``ci95`` is 1.96 * std / sqrt(episodes), with the population std of per-episode accuracies.
+    ``protocol`` records everything that fixes the numbers (dataset, split, ways, shots, queries,
+    episodes, seed, BatchNorm mode).
+    """
+
+    mean: float
+    ci95: float
+    episodes: int
+    protocol: dict = field(default_factory=dict)
+    loss: float = float("nan")
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        p = self.protocol
+        what = f"{p.get('dataset', '?')} {p.get('split', '?')} {p.get('ways')}-way {p.get('shots')}-shot"
+        return f"{what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} episodes"
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    return mean, 1.96 * std / math.sqrt(n)
+
+
+def evaluate(learner: Learner, sampler: EpisodeSampler, bn: str = "running", device: torch.device | str = "cpu",
+             progress: bool = False, num_workers: int = 0) -> EvalResult:
+    """Accuracy of ``learner`` on episodes ``0 .. len(sampler) - 1`` of ``sampler``.
+
+    ``bn="running"`` evaluates with BatchNorm's running statistics (no information flows
+    between query examples); ``bn="transductive"`` uses each batch's own statistics, as MAML's
+    paper did, on a copy of the learner so its running statistics are left untouched.
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
+    was_training = learner.training
+    model = learner.eval() if bn == "running" else copy.deepcopy(learner).train()
+    loader = torch.utils.data.DataLoader(sampler, batch_size=None, shuffle=False, num_workers=num_workers)
+    accuracies, losses, start = [], [], time.perf_counter()
+    with torch.no_grad():
+        for episode in tqdm(loader, total=len(sampler), desc="eval", disable=not progress, leave=False):
+            episode = episode.to(device)
+            logits = model(episode)
+            losses.append(float(model.loss(logits, episode.query.labels)))
+            accuracies.append(float((logits.argmax(-1) == episode.query.labels).float().mean()))
+    learner.train(was_training)
+    mean, ci95 = mean_ci95(accuracies)
+    protocol = {**sampler.protocol(), "episodes": len(sampler), "bn": bn}
+    return EvalResult(mean, ci95, len(accuracies), protocol, sum(losses) / len(losses),
+                      time.perf_counter() - start)
+
+
+def meta_test(learner: Learner, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,
+              seed: int = 1000, bn: str = "running", device: torch.device | str = "cpu", run_dir=None,
+              progress: bool = False, extra: dict | None = None) -> EvalResult:
+    """Evaluate ``learner`` on ``episodes`` fixed episodes of ``dataset`` (a FewShotDataset split).
+
+    With ``run_dir``, the result is written to ``run_dir/result.json`` and appended to
+    ``run_dir/results.jsonl``.
+    """
+    sampler = EpisodeSampler(dataset, ways, shots, queries, seed=seed, episodes=episodes)
+    result = evaluate(learner, sampler, bn=bn, device=device, progress=progress)
+    if extra:
+        result = EvalResult(result.mean, result.ci95, result.episodes, {**result.protocol, **extra},
+                            result.loss, result.seconds)
+    if run_dir is not None:
+        write_result(result, Path(run_dir))
+    return result
+
+
+def write_result(result: EvalResult, run_dir: Path) -> None:
+    row = json.dumps(result.to_dict(), indent=2)
+    atomic_write_text(run_dir / "result.json", row + "\n")
+    with open(run_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(result.to_dict()) + "\n")
