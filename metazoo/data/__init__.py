@@ -18,11 +18,17 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+from .image_folder import Caltech101, ImageFolder  # noqa: E402
+from .mini_imagenet import MiniImageNet  # noqa: E402
 from .omniglot import Omniglot  # noqa: E402
 
 DATASETS.register("omniglot")(Omniglot)
+DATASETS.register("mini_imagenet")(MiniImageNet)
+DATASETS.register("image_folder")(ImageFolder)
+DATASETS.register("caltech101")(Caltech101)
 
 __all__ = [
-    "DATASETS", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError", "FewShotDataset",
-    "Omniglot", "cache_dir", "create_dataset", "data_root", "episode_seed", "list_datasets",
+    "DATASETS", "Caltech101", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError", "FewShotDataset",
+    "ImageFolder", "MiniImageNet", "Omniglot", "cache_dir", "create_dataset", "data_root", "episode_seed",
+    "list_datasets",
 ]

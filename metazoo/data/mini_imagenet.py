@@ -70,7 +70,7 @@ HOW_TO_GET = (
 def _find_source(root: Path, part: str) -> tuple[str, list[Path]]:
     """The first form present for split ``part``: (``"images" | "folders" | "pickle"``, its paths)."""
     looked: list[str] = []
-    orphan_csv = None
+    hint = ""
     for folder in FOLDERS:
         base = root / folder
         images = base / "images"
@@ -83,10 +83,12 @@ def _find_source(root: Path, part: str) -> tuple[str, list[Path]]:
         pickled = base / f"mini-imagenet-cache-{part}.pkl"
         if pickled.is_file():
             return "pickle", [pickled]
-        orphan_csv = orphan_csv or csv_path
+        if csv_path is not None and not hint:
+            hint = f"\nFound the split file {csv_path}, but no {images}/: split files alone hold no images."
+        if images.is_dir() and not hint:
+            hint = (f"\nFound {images}/, but no {part}.csv: put the Ravi split files (the data bundle's "
+                    "mini-imagenet/splits/ravi/*.csv) beside it or in splits/ravi/.")
         looked += [f"{images}/*.jpg with {csvs[0]} or {csvs[1]}", f"{base / part}/<wnid>/*.jpg", str(pickled)]
-    hint = (f"\nFound the split file {orphan_csv}, but no images/ folder beside it: split files "
-            "alone hold no images.") if orphan_csv else ""
     raise DatasetNotFoundError(f"mini-ImageNet split {part!r}", looked, HOW_TO_GET + hint)
 
 
