@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metazoo.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "omniglot", "protonet_5w1s.toml")
+TINY = ["--set", "train.steps=2", "--set", "train.ways=5", "--set", "train.val_episodes=3",
+        "--set", "eval.episodes=5", "--set", "backbone.width=8", "-q"]
+
+
+def test_list_names_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "protonet" in out and "conv4" in out and "omniglot" in out
+
+
+def test_train_then_eval_with_another_protocol(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    assert main(["train", CONFIG, "-o", str(run), "--data-root", str(data_root), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "test: omniglot test 5-way 1-shot, 5 episodes" in out
+    assert main(["eval", str(run), "--ways", "3", "--shots", "2", "--episodes", "4", "--data-root",
+                 str(data_root), "-q"]) == 0
+    assert "3-way 2-shot" in capsys.readouterr().out
+    result = json.loads((run / "result.json").read_text())
+    assert result["protocol"]["ways"] == 3 and result["episodes"] == 4
+    assert len((run / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--set", "train.stepz=3"]) == 2
+    assert "train.stepz; valid in [train]" in capsys.readouterr().err
+
+
+def test_unknown_learner_is_a_clear_error(tmp_path, data_root, capsys):
+    assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--data-root", str(data_root),
+                 "--set", "learner.name=maml2"]) == 2
+    assert "unknown learner 'maml2'; valid:" in capsys.readouterr().err
+
+
+def test_data_check_reports_counts(data_root, capsys):
+    assert main(["data", "check", "omniglot", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert "4112 classes" in out and "688 classes" in out and "1692 classes" in out
+
+
+def test_missing_data_is_reported_not_raised(tmp_path, capsys):
+    assert main(["data", "check", "omniglot", "--data-root", str(tmp_path)]) == 1
+    assert "Looked in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list"]])
+def test_console_entry_point_runs(args):
+    done = subprocess.run([sys.executable, "-m", "metazoo.cli", *args], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from metazoo.data import EpisodeSampler, EpisodeSizeError
+from metazoo.episode import Episode, LabeledSet
+
+from .conftest import toy_dataset
+
+
+def decode(episode_inputs: torch.Tensor) -> torch.Tensor:
+    """Toy images carry 10 * class + item in every pixel (values were scaled by 1/255)."""
+    return (episode_inputs[:, 0, 0, 0] * 255).round().long()
+
+
+def test_episode_shapes_labels_and_classes():
+    data = toy_dataset()
+    sampler = EpisodeSampler(data, ways=3, shots=2, queries=3, seed=5)
+    ep = sampler[7]
+    assert isinstance(ep, Episode) and ep.ways == 3 and ep.index == 7
+    assert ep.support.inputs.shape == (6, 1, 4, 4) and ep.query.inputs.shape == (9, 1, 4, 4)
+    assert ep.support.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert ep.query.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # every image of label k comes from dataset class classes[k]
+    for part in (ep.support, ep.query):
+        codes = decode(part.inputs)
+        assert torch.equal(codes // 10, ep.classes[part.labels])
+
+
+def test_support_and_query_are_disjoint():
+    data = toy_dataset()
+    sampler = EpisodeSampler(data, ways=6, shots=2, queries=3, seed=0)
+    for i in range(50):
+        ep = sampler[i]
+        s, q = set(decode(ep.support.inputs).tolist()), set(decode(ep.query.inputs).tolist())
+        assert not s & q
+        assert len(s) == 12 and len(q) == 18  # no image twice
+
+
+def test_every_image_of_a_small_class_can_be_drawn_and_none_past_it():
+    data = toy_dataset(class_sizes=(5, 20))
+    sampler = EpisodeSampler(data, ways=2, shots=1, queries=4, seed=1)
+    seen = set()
+    for i in range(30):
+        ep = sampler[i]
+        codes = torch.cat([decode(ep.support.inputs), decode(ep.query.inputs)])
+        seen |= {c for c in codes.tolist() if c < 10}
+    assert seen == {0, 1, 2, 3, 4}
+
+
+def test_episode_is_a_pure_function_of_seed_and_index():
+    data = toy_dataset()
+    a = EpisodeSampler(data, 3, 1, 2, seed=3)
+    b = EpisodeSampler(data, 3, 1, 2, seed=3)
+    for i in (0, 5, 99):
+        assert torch.equal(a[i].support.inputs, b[i].support.inputs)
+        assert torch.equal(a[i].classes, b[i].classes)
+    # any order of requests gives the same episodes
+    assert torch.equal(a[5].query.inputs, EpisodeSampler(data, 3, 1, 2, seed=3)[5].query.inputs)
+    assert not torch.equal(a[0].support.inputs, a[1].support.inputs) or not torch.equal(a[0].classes, a[1].classes)
+    other = EpisodeSampler(data, 3, 1, 2, seed=4)
+    assert any(not torch.equal(a[i].classes, other[i].classes) for i in range(5))
+
+
+def test_same_episodes_for_any_worker_count():
+    data = toy_dataset()
+    sampler = EpisodeSampler(data, 3, 1, 2, seed=9, episodes=8)
+
+    def run(workers):
+        loader = torch.utils.data.DataLoader(sampler, batch_size=None, num_workers=workers)
+        return [ep.classes.tolist() + decode(ep.query.inputs).tolist() for ep in loader]
+
+    assert run(0) == run(2)
+
+
+def test_class_choice_is_uniform_enough():
+    data = toy_dataset(class_sizes=(5,) * 6)
+    sampler = EpisodeSampler(data, 2, 1, 1, seed=0)
+    counts = torch.zeros(6)
+    for i in range(600):
+        counts[sampler[i].classes] += 1
+    assert counts.min() > 150 and counts.max() < 250  # expected 200 each
+
+
+def test_too_small_class_is_named_with_counts():
+    data = toy_dataset(class_sizes=(6, 3, 7))
+    with pytest.raises(EpisodeSizeError, match=r"'class1' has 3") as err:
+        EpisodeSampler(data, ways=2, shots=2, queries=3)
+    assert "5 images per class" in str(err.value)
+
+
+def test_too_many_ways_says_how_many_classes_exist():
+    with pytest.raises(EpisodeSizeError, match=r"10-way episodes need 10 classes, but toy split 'train' has 6"):
+        EpisodeSampler(toy_dataset(), ways=10, shots=1, queries=1)
+
+
+@pytest.mark.parametrize("ways,shots,queries", [(0, 1, 1), (2, 0, 1), (2, 1, -1)])
+def test_nonsense_sizes_fail(ways, shots, queries):
+    with pytest.raises(EpisodeSizeError):
+        EpisodeSampler(toy_dataset(), ways, shots, queries)
+
+
+def test_labeled_set_checks_and_moves():
+    with pytest.raises(ValueError, match="3 inputs but 2 labels"):
+        LabeledSet(torch.zeros(3, 1), torch.zeros(2, dtype=torch.long), 1)
+    with pytest.raises(TypeError):
+        LabeledSet(torch.zeros(2, 1), torch.zeros(2), 1)
+    ep = EpisodeSampler(toy_dataset(), 2, 1, 1)[0].to("cpu")
+    assert ep.support.ways == 2 and len(ep.query) == 2
