@@ -63,21 +63,28 @@ def sampling_row(train: FewShotDataset, meta: object | None, size: tuple[int, in
     ways, shots, queries = size
     sampler = EpisodeSampler(train, ways, shots, queries, seed=seed)
     count = itertools.count()
-    blocks = {"metazoo": repeat(lambda: sampler[next(count)], episodes),
-              "indices": repeat(lambda: sampler.indices(next(count)), episodes)}
+    steps = {"metazoo": lambda: sampler[next(count)], "indices": lambda: sampler.indices(next(count))}
     if meta is not None:
         taskset = l2l_taskset(meta, ways, shots, queries, remap_labels=True)
-        blocks["l2l"] = repeat(taskset.sample, episodes)
-    for block in blocks.values():  # warm-up
-        repeat(block, 1)()
+        steps["l2l"] = taskset.sample
+    for step in steps.values():  # warm-up
+        repeat(step, 5)()
+    blocks = {name: repeat(step, episodes) for name, step in steps.items()}
     rate = {name: episodes / s for name, s in interleaved_medians(blocks, repeats).items()}
     name = f"{ways}-way {shots}-shot {queries}-query"
     if meta is None:
         return [name, f"{rate['metazoo']:.0f}", "n/a", "n/a", "n/a", f"{rate['indices']:.0f}", "n/a"]
-    tasks = [taskset.sample() for _ in range(20)]
-    adapt = seconds(lambda: [episode_from_task(x, y, ways, shots, queries) for x, y in tasks]) / len(tasks)
+    tasks = [taskset.sample() for _ in range(50)]
+
+    def convert() -> None:  # learn2learn task -> metazoo Episode
+        for x, y in tasks:
+            episode_from_task(x, y, ways, shots, queries)
+
+    convert()  # warm-up
+    adapt = interleaved_medians({"convert": convert}, repeats)["convert"] / len(tasks)
     ratio = rate["metazoo"] / rate["l2l"]
-    return [name, f"{rate['metazoo']:.0f}", f"{rate['l2l']:.0f}", f"{ratio:.1f}x",
+    shown = f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
+    return [name, f"{rate['metazoo']:.0f}", f"{rate['l2l']:.0f}", shown,
             "met" if ratio >= SAMPLING_GOAL else "missed", f"{rate['indices']:.0f}", f"{adapt * 1e6:.0f}"]
 
 
@@ -167,8 +174,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def machine() -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    cpu = platform.processor() or platform.machine()
     return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-            f"{torch.get_num_interop_threads()} inter-op; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
+            f"{torch.get_num_interop_threads()} inter-op; {os.cpu_count()} CPUs ({cpu}); "
             f"Python {platform.python_version()}; load average {load}")
 
 
@@ -176,8 +184,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="metazoo bench", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("METAZOO_DATA") or "../shared/data",
                         help="folder holding omniglot/ (default: $METAZOO_DATA, else ../shared/data)")
-    parser.add_argument("--episodes", type=int, default=200, help="episodes per timed sampling block")
-    parser.add_argument("--steps", type=int, default=5, help="optimiser steps per timed training block")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per timed sampling block")
+    parser.add_argument("--steps", type=int, default=3, help="optimiser steps per timed training block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per contender (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed training blocks per contender first")
     parser.add_argument("--train-episodes", type=int, default=8, help="pre-sampled training episodes, cycled")

@@ -65,8 +65,9 @@ def episode_from_task(data: torch.Tensor, labels: torch.Tensor, ways: int, shots
         raise EpisodeSizeError(f"{shots} shots + {queries} queries need {per_class} items per class, but "
                                f"{named}. Build the taskset with KShots(dataset, k={per_class}).")
     order = torch.sort(inverse, stable=True).indices  # class-major, task order within a class
-    x = data[order].view(ways, per_class, *data.shape[1:])  # (ways, shots + queries, ...)
-    episode_labels = torch.arange(ways, device=labels.device)[:, None]
+    x = data.index_select(0, order.to(data.device))
+    x = x.view(ways, per_class, *data.shape[1:])  # (ways, shots + queries, ...)
+    episode_labels = torch.arange(ways, device=data.device)[:, None]
     support = LabeledSet(x[:, :shots].flatten(0, 1), episode_labels.expand(-1, shots).flatten(), ways)
     query = LabeledSet(x[:, shots:].flatten(0, 1), episode_labels.expand(-1, queries).flatten(), ways)
     return Episode(support, query, classes.cpu(), index)
