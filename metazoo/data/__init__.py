@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import FewShotDataset
-from .sampling import EpisodeSampler, EpisodeSizeError, episode_seed
+from .sampling import EpisodeSampler, EpisodeSizeError
 from .storage import DatasetNotFoundError, cache_dir, data_root
 
 DATASETS = Registry("dataset")
@@ -29,6 +29,6 @@ DATASETS.register("caltech101")(Caltech101)
 
 __all__ = [
     "DATASETS", "Caltech101", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError", "FewShotDataset",
-    "ImageFolder", "MiniImageNet", "Omniglot", "cache_dir", "create_dataset", "data_root", "episode_seed",
+    "ImageFolder", "MiniImageNet", "Omniglot", "cache_dir", "create_dataset", "data_root",
     "list_datasets",
 ]

@@ -6,7 +6,6 @@ would have seen.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..episode import Episode, LabeledSet
@@ -17,10 +16,19 @@ class EpisodeSizeError(ValueError):
     """The asked-for ways, shots and queries do not fit the split."""
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def episode_seed(seed: int, index: int) -> int:
-    """A 63-bit generator seed for episode ``index`` of a sampler seeded with ``seed``."""
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+    """A 63-bit generator seed for episode ``index`` of a sampler seeded with ``seed`` (SplitMix64)."""
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(index) & _MASK64)) >> 1
 
 
 class EpisodeSampler(torch.utils.data.Dataset):
@@ -44,7 +52,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
         sizes = dataset.class_sizes
         self._max_size = int(sizes.max())
         # positions past a class's size sort last, so they are never picked
-        self._pad = torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
+        self._pad = None if bool((sizes == self._max_size).all()) else \
+            torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
+        labels = torch.arange(ways)[:, None]
+        self._support_labels = labels.expand(ways, shots).flatten()  # (ways * shots,) class-major
+        self._query_labels = labels.expand(ways, queries).flatten()  # (ways * queries,)
 
     def _check(self) -> None:
         d, per_class = self.dataset, self.shots + self.queries
@@ -70,21 +82,31 @@ class EpisodeSampler(torch.utils.data.Dataset):
     def indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Episode ``index`` as (classes (ways,), image indices (ways, shots + queries))."""
         g = torch.Generator().manual_seed(episode_seed(self.seed, index))
-        classes = torch.randperm(self.dataset.num_classes, generator=g)[: self.ways]
+        classes = self._choose_classes(g)
         keys = torch.rand(self.ways, self._max_size, generator=g)
-        keys.masked_fill_(self._pad[classes], 2.0)
+        if self._pad is not None:
+            keys.masked_fill_(self._pad[classes], 2.0)
         picks = keys.argsort(dim=1)[:, : self.shots + self.queries]  # (ways, shots + queries)
         return classes, picks + self.dataset.class_offsets[classes, None]
 
+    def _choose_classes(self, g: torch.Generator) -> torch.Tensor:
+        """``ways`` distinct classes, uniformly: the first distinct values of a stream of uniform
+        draws when classes are many, else a random permutation, cut."""
+        total = self.dataset.num_classes
+        if 4 * self.ways > total:
+            return torch.randperm(total, generator=g)[: self.ways]
+        chosen: dict[int, None] = {}
+        while len(chosen) < self.ways:
+            for c in torch.randint(total, (2 * self.ways,), generator=g).tolist():
+                chosen.setdefault(c)
+        return torch.tensor(list(chosen)[: self.ways])
+
     def __getitem__(self, index: int) -> Episode:
         classes, idx = self.indices(index)
-        x = self.dataset.to_float(self.dataset.images[idx.flatten()])
-        x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])
-        labels = torch.arange(self.ways)[:, None]
-        support = LabeledSet(x[:, : self.shots].flatten(0, 1),
-                             labels.expand(-1, self.shots).flatten(), self.ways)
-        query = LabeledSet(x[:, self.shots:].flatten(0, 1),
-                           labels.expand(-1, self.queries).flatten(), self.ways)
+        x = self.dataset.to_float(self.dataset.images.index_select(0, idx.flatten()))
+        x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])  # (ways, shots + queries, c, h, w)
+        support = LabeledSet(x[:, : self.shots].flatten(0, 1), self._support_labels, self.ways)
+        query = LabeledSet(x[:, self.shots:].flatten(0, 1), self._query_labels, self.ways)
         return Episode(support, query, classes, index)
 
     def protocol(self) -> dict:
