@@ -7,12 +7,15 @@ from torch import nn
 from . import BACKBONES
 
 
-def conv_block(in_channels: int, out_channels: int, pooling: bool) -> nn.Sequential:
-    """3x3 conv, BatchNorm, ReLU, then a 2x2 max-pool (or a stride-2 conv when not pooling)."""
-    stride = 1 if pooling else 2
+def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: bool = True) -> nn.Sequential:
+    """3x3 conv, BatchNorm, ReLU, then a 2x2 max-pool (or a stride-2 conv when not pooling).
+
+    With ``downsample=False`` the block keeps the resolution (stride 1, no pool).
+    """
+    stride = 2 if downsample and not pooling else 1
     layers = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
               nn.BatchNorm2d(out_channels), nn.ReLU()]
-    if pooling:
+    if downsample and pooling:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
@@ -27,16 +30,27 @@ class Conv4(nn.Module):
         depth: number of blocks.
         pooling: 2x2 max-pool after each block; ``False`` uses stride-2 convolutions instead.
         image_size: input side, used to report ``feature_size``.
+        downsample_blocks: how many leading blocks halve the resolution (``None``: all of them);
+            the rest keep it. Relation Networks' embedding is ``depth=4, downsample_blocks=2``
+            (64 x 7 x 7 feature maps on 28x28 Omniglot).
+
+    ``forward`` returns flat features (n, feature_size); ``feature_shape`` (channels, side, side)
+    says how they unflatten into the last block's feature maps.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, pooling: bool = True,
-                 image_size: int = 28) -> None:
+                 image_size: int = 28, downsample_blocks: int | None = None) -> None:
         super().__init__()
+        downsampled = depth if downsample_blocks is None else downsample_blocks
+        if not 0 <= downsampled <= depth:
+            raise ValueError(f"downsample_blocks={downsample_blocks} must be between 0 and depth={depth}")
         channels = [in_channels] + [width] * depth
-        self.blocks = nn.Sequential(*[conv_block(a, b, pooling) for a, b in zip(channels, channels[1:])])
+        self.blocks = nn.Sequential(*[conv_block(a, b, pooling, downsample=i < downsampled)
+                                      for i, (a, b) in enumerate(zip(channels, channels[1:]))])
         side = image_size
-        for _ in range(depth):
+        for _ in range(downsampled):
             side = side // 2 if pooling else (side + 1) // 2
+        self.feature_shape = (width, side, side)
         self.feature_size = width * side * side
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..episode import Episode, LabeledSet
+from . import LEARNERS
+from .base import Learner
+
+
+def class_sums(maps: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Element-wise sum of each class's feature maps: (n, c, h, w), labels (n,) -> (ways, c, h, w)."""
+    return maps.new_zeros(ways, *maps.shape[1:]).index_add_(0, labels, maps)
+
+
+def pair_up(class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
+    """Every (class, query) pair concatenated along channels: (ways, c, h, w), (n, c, h, w) -> (n * ways, 2c, h, w).
+
+    Pair ``i * ways + k`` is query ``i`` with class ``k``.
+    """
+    n, ways = len(query_maps), len(class_maps)
+    classes = class_maps[None].expand(n, -1, -1, -1, -1)  # (n, ways, c, h, w)
+    queries = query_maps[:, None].expand(-1, ways, -1, -1, -1)  # (n, ways, c, h, w)
+    return torch.cat([classes, queries], dim=2).flatten(0, 1)
+
+
+def relation_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    """3x3 conv (padding 1), BatchNorm, ReLU, then a 2x2 max-pool if ``pool``."""
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class RelationModule(nn.Module):
+    """Two conv blocks and two fully connected layers: a pair of feature maps -> a score in [0, 1].
+
+    Built for input maps of ``feature_shape`` (c, h, w), so pairs have 2c channels. A block
+    max-pools only while the map is at least 2x2: 64 x 7 x 7 Omniglot maps end 1x1, as in the paper.
+    """
+
+    def __init__(self, feature_shape: tuple[int, int, int], channels: int = 64, hidden_size: int = 8) -> None:
+        super().__init__()
+        in_channels, height, width = feature_shape
+        blocks = []
+        for c in (2 * in_channels, channels):
+            pool = min(height, width) >= 2
+            blocks.append(relation_block(c, channels, pool))
+            if pool:
+                height, width = height // 2, width // 2
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Linear(channels * height * width, hidden_size), nn.ReLU(),
+                                  nn.Linear(hidden_size, 1), nn.Sigmoid())
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """(p, 2c, h, w) -> (p,)."""
+        return self.head(self.blocks(pairs).flatten(1)).squeeze(-1)
+
+
+class RelationClassifier:
+    """Relation scores of inputs against one episode's class feature maps."""
+
+    def __init__(self, learner: "RelationNet", class_maps: torch.Tensor) -> None:
+        self.learner, self.class_maps = learner, class_maps
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.learner.score(self.learner.embed(inputs), self.class_maps)
+
+
+@LEARNERS.register("relation")
+class RelationNet(Learner):
+    """Relation Networks (Sung et al. 2018).
+
+    The backbone (embedding module) maps every image to a feature map; a class is represented by
+    the element-wise sum of its support maps. Each (class, query) pair of maps is concatenated
+    along channels and a learned relation module (two conv blocks, two fully connected layers,
+    a sigmoid) scores it in [0, 1]. Training regresses the scores onto the one-hot query labels
+    with a mean squared error; a query goes to the class of highest score, so the "logits" are
+    the scores (n_query, ways). As in ProtoNet, training embeds support and query in one batch;
+    in eval mode the scores equal ``adapt`` followed by classification.
+
+    The backbone must report ``feature_shape`` (c, h, w), how its flat features unflatten into
+    maps. The paper's embedding keeps the resolution in its last two blocks: backbone
+    ``conv4`` with ``downsample_blocks = 2``.
+
+    Args:
+        channels: filters of the relation module's conv blocks (64 in the paper).
+        hidden_size: width of its first fully connected layer (8 in the paper).
+    """
+
+    def __init__(self, backbone: nn.Module, channels: int = 64, hidden_size: int = 8) -> None:
+        super().__init__(backbone)
+        shape = getattr(backbone, "feature_shape", None)
+        if shape is None or len(shape) != 3:
+            raise TypeError("Relation Networks compare feature maps: the backbone must report feature_shape "
+                            "(channels, height, width), as conv4 does; the paper's embedding is "
+                            "conv4 with downsample_blocks = 2")
+        self.feature_shape = tuple(shape)
+        self.relation = RelationModule(self.feature_shape, channels, hidden_size)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(n, ...) -> feature maps (n, c, h, w)."""
+        features = self.backbone(inputs)
+        if features[0].numel() != math.prod(self.feature_shape):
+            raise ValueError(f"the backbone gave {features[0].numel()} features per input but reports feature_shape "
+                             f"{self.feature_shape}; build it for these inputs (e.g. conv4's image_size = "
+                             f"{inputs.shape[-1]})")
+        return features.reshape(len(inputs), *self.feature_shape)
+
+    def score(self, query_maps: torch.Tensor, class_maps: torch.Tensor) -> torch.Tensor:
+        """Relation scores: (n, c, h, w), (ways, c, h, w) -> (n, ways)."""
+        return self.relation(pair_up(class_maps, query_maps)).view(len(query_maps), len(class_maps))
+
+    def adapt(self, support: LabeledSet) -> RelationClassifier:
+        return RelationClassifier(self, class_sums(self.embed(support.inputs), support.labels, support.ways))
+
+    def forward(self, episode: Episode) -> torch.Tensor:
+        support, query = episode.support, episode.query
+        maps = self.embed(torch.cat([support.inputs, query.inputs]))
+        class_maps = class_sums(maps[: len(support)], support.labels, support.ways)  # (ways, c, h, w)
+        return self.score(maps[len(support):], class_maps)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean squared error between the scores (n, ways) and the one-hot labels (n,)."""
+        return F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
