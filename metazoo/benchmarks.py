@@ -2,9 +2,19 @@
 
 ``python -m metazoo.benchmarks --data-root ../shared/data`` prints, in one run:
 
-(a) episodes/s of metazoo's ``EpisodeSampler`` (everything up to a ready float Episode) against a
-    learn2learn Taskset (NWays, KShots, LoadData, RemapLabels, ConsecutiveLabels) over a
-    MetaDataset built on the same Omniglot train tensors, so neither side decodes images;
+(a) episodes/s of metazoo's ``EpisodeSampler`` (everything up to a ready float Episode) against
+    two learn2learn contenders:
+
+    - *pre-decoded*: a learn2learn Taskset (NWays, KShots, LoadData, RemapLabels,
+      ConsecutiveLabels) over a MetaDataset built on the same Omniglot train tensors, so neither
+      side decodes images (the same footing);
+    - *standard pipeline*: learn2learn's own Omniglot benchmark taskset,
+      ``learn2learn.vision.benchmarks.get_tasksets("omniglot", ...).train`` (FullOmniglot on
+      torchvision's extracted ``omniglot-py`` folders with Resize(28, LANCZOS), ToTensor, 1 - x;
+      FusedNWaysKShots, LoadData, RemapLabels, ConsecutiveLabels, RandomClassRotation), which
+      opens, decodes, resizes and rotates one PNG per item of every episode: what a learn2learn
+      user gets. The same Omniglot archives are extracted once into
+      ``<metazoo cache>/l2l-omniglot/omniglot-py/`` for it;
 (b) one ProtoNet meta-training step (``meta_loss`` + Adam) against a bare Conv4 + linear head
     trained with cross-entropy on the same images, on 60-way 1-shot 5-query episodes.
 
@@ -14,13 +24,17 @@ that comes and goes on the machine falls on both sides of each ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import platform
 import random
 import statistics
+import tempfile
 import time
-from typing import Callable, Sequence
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +42,15 @@ from torch import nn
 
 from .data import EpisodeSampler, FewShotDataset, Omniglot
 from .data.l2l import FloatImageDataset, episode_from_task, l2l_dataset, l2l_taskset
+from .data.omniglot import _find_sources
+from .data.storage import cache_dir, data_root
 from .episode import Episode
 
 SAMPLING = ((5, 1, 15), (20, 1, 15), (60, 1, 5))  # (ways, shots, queries)
 TRAINING = (60, 1, 5)
 SAMPLING_GOAL, TRAINING_GOAL = 50.0, 0.10
+L2L_OMNIGLOT = "l2l-omniglot"  # folder under metazoo's cache dir: learn2learn's Omniglot root
+STANDARD = "l2l-standard"  # the --skip value for the standard-pipeline contender
 
 
 def seconds(block: Callable[[], None]) -> float:
@@ -57,23 +75,112 @@ def repeat(step: Callable[[], object], n: int) -> Callable[[], None]:
     return block
 
 
-def sampling_row(train: FewShotDataset, meta: object | None, size: tuple[int, int, int], episodes: int,
-                 repeats: int, seed: int) -> list[str]:
-    """One table row: metazoo and learn2learn episodes/s for one (ways, shots, queries)."""
+def l2l_omniglot_root(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """learn2learn's Omniglot root for the Omniglot under data root ``root``: ``<cache>/l2l-omniglot``.
+
+    It holds torchvision's layout, ``omniglot-py/images_background`` and
+    ``omniglot-py/images_evaluation``, extracted from the two archives the first time (each part
+    is extracted into a temporary folder and renamed into place, so an interrupted extraction
+    leaves nothing half done) and left alone once present. An already extracted source folder is
+    linked instead of copied. ``cache`` defaults to ``metazoo.data.storage.cache_dir()``.
+    """
+    folder = cache_dir(cache) / L2L_OMNIGLOT / "omniglot-py"
+    for part, source in _find_sources(data_root(root)).items():
+        dest = folder / part
+        if dest.is_dir():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            os.symlink(source.resolve(), dest, target_is_directory=True)
+            continue
+        with tempfile.TemporaryDirectory(dir=folder, prefix=f".{part}.") as tmp:
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(tmp)
+            extracted = Path(tmp) / part
+            if not extracted.is_dir():
+                raise ValueError(f"{source} has no top folder {part}/, unlike Omniglot's archives")
+            try:
+                os.replace(extracted, dest)
+            except OSError:
+                if not dest.is_dir():  # else another process extracted it meanwhile
+                    raise
+    return folder.parent
+
+
+@contextlib.contextmanager
+def extracted_omniglot_accepted() -> Iterator[None]:
+    """Let torchvision's Omniglot (under learn2learn's FullOmniglot) read the extracted folders.
+
+    torchvision checks the md5 of the two *official* zip files in ``omniglot-py/`` before it reads
+    the extracted folders, and tries to download them when that fails. The data bundle's archives
+    hold the official images but were re-packed (other md5s), and what torchvision reads are the
+    folders anyway, so inside this block the check is "the extracted folder exists" instead.
+    The check is restored on exit.
+    """
+    from torchvision.datasets import omniglot
+
+    cls = omniglot.Omniglot
+    original = cls._check_integrity
+    cls._check_integrity = lambda self: os.path.isdir(os.path.join(self.root, self._get_target_folder()))
+    try:
+        yield
+    finally:
+        cls._check_integrity = original
+
+
+def l2l_standard_taskset(root: str | os.PathLike, ways: int, shots: int, queries: int) -> Any:
+    """learn2learn's own Omniglot train Taskset: ``get_tasksets("omniglot", ...).train`` over ``root``.
+
+    Built by learn2learn's code, not re-created here: FullOmniglot (Resize(28, LANCZOS),
+    ToTensor, 1 - x), MetaDataset, FusedNWaysKShots(n=ways, k=shots + queries), LoadData,
+    RemapLabels, ConsecutiveLabels, RandomClassRotation([0, 90, 180, 270]). ``root`` is an
+    ``l2l_omniglot_root()``; learn2learn caches its class bookkeeping there on first use.
+    """
+    from learn2learn.vision.benchmarks import get_tasksets
+
+    with extracted_omniglot_accepted():
+        return get_tasksets("omniglot", train_ways=ways, train_samples=shots + queries, test_ways=ways,
+                            test_samples=shots + queries, root=str(root)).train
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
+
+
+def sampling_row(train: FewShotDataset, meta: object | None, standard: Path | None, size: tuple[int, int, int],
+                 args: argparse.Namespace) -> tuple[list[str], dict]:
+    """One table row for one (ways, shots, queries): episodes/s of metazoo and each learn2learn contender.
+
+    Returns the row and facts for the notes (the standard pipeline's block size and build time).
+    """
     ways, shots, queries = size
-    sampler = EpisodeSampler(train, ways, shots, queries, seed=seed)
+    episodes, repeats = args.episodes, args.repeats
+    sampler = EpisodeSampler(train, ways, shots, queries, seed=args.seed)
     count = itertools.count()
     steps = {"metazoo": lambda: sampler[next(count)], "indices": lambda: sampler.indices(next(count))}
+    per_block = dict.fromkeys(steps, episodes)
+    info: dict = {}
     if meta is not None:
         taskset = l2l_taskset(meta, ways, shots, queries, remap_labels=True)
         steps["l2l"] = taskset.sample
+        per_block["l2l"] = episodes
     for step in steps.values():  # warm-up
         repeat(step, 5)()
-    blocks = {name: repeat(step, episodes) for name, step in steps.items()}
-    rate = {name: episodes / s for name, s in interleaved_medians(blocks, repeats).items()}
+    if meta is not None and standard is not None:
+        start = time.perf_counter()
+        standard_set = l2l_standard_taskset(standard, ways, shots, queries)
+        info["standard build s"] = time.perf_counter() - start
+        standard_set.sample()  # warm-up, then a timed episode to size the blocks
+        first = seconds(standard_set.sample)
+        fits = int(args.l2l_standard_seconds / (repeats * first))  # episodes per block within the budget
+        steps["standard"] = standard_set.sample
+        per_block["standard"] = info["standard episodes"] = max(1, min(args.l2l_standard_episodes, fits))
+    blocks = {name: repeat(step, per_block[name]) for name, step in steps.items()}
+    rate = {name: per_block[name] / s for name, s in interleaved_medians(blocks, repeats).items()}
     name = f"{ways}-way {shots}-shot {queries}-query"
     if meta is None:
-        return [name, f"{rate['metazoo']:.0f}", "n/a", "n/a", "n/a", f"{rate['indices']:.0f}", "n/a"]
+        return [name, f"{rate['metazoo']:.0f}", "n/a", "n/a", "n/a", "n/a", "n/a", f"{rate['indices']:.0f}",
+                "n/a"], info
     tasks = [taskset.sample() for _ in range(50)]
 
     def convert() -> None:  # learn2learn task -> metazoo Episode
@@ -82,14 +189,24 @@ def sampling_row(train: FewShotDataset, meta: object | None, size: tuple[int, in
 
     convert()  # warm-up
     adapt = interleaved_medians({"convert": convert}, repeats)["convert"] / len(tasks)
-    ratio = rate["metazoo"] / rate["l2l"]
-    shown = f"{ratio:.1f}x" if ratio >= 1 else f"{ratio:.2f}x"
-    return [name, f"{rate['metazoo']:.0f}", f"{rate['l2l']:.0f}", shown,
-            "met" if ratio >= SAMPLING_GOAL else "missed", f"{rate['indices']:.0f}", f"{adapt * 1e6:.0f}"]
+    ratios = {name: rate["metazoo"] / rate[name] for name in ("l2l", "standard") if name in rate}
+    verdicts = ["met" if r >= SAMPLING_GOAL else "missed" for r in ratios.values()]
+    goal = ", ".join(verdicts + ["n/a"] * (2 - len(verdicts)))
+    if "standard" in rate:
+        standard_cells = [f"{rate['standard']:.1f}", ratio_text(ratios["standard"])]
+    else:
+        standard_cells = ["skipped", "n/a"]
+    return [name, f"{rate['metazoo']:.0f}", f"{rate['l2l']:.0f}", ratio_text(ratios["l2l"]), *standard_cells, goal,
+            f"{rate['indices']:.0f}", f"{adapt * 1e6:.0f}"], info
 
 
-def setup_costs(root: str) -> tuple[FewShotDataset, object | None, list[str]]:
-    """Load the split and build learn2learn's MetaDataset, timing each; notes for the report."""
+def setup_costs(root: str, standard: bool = True) -> tuple[FewShotDataset, object | None, Path | None, list[str]]:
+    """Load the split, build learn2learn's MetaDataset and ready its own Omniglot, timing each.
+
+    Returns the split, the MetaDataset over it (None without learn2learn), learn2learn's Omniglot
+    root for the standard pipeline (None without learn2learn or when ``standard`` is false) and
+    notes for the report.
+    """
     start = time.perf_counter()
     train = Omniglot("train", root=root)
     notes = [f"Omniglot train ({train.num_classes} classes, {len(train)} images) loaded from the tensor "
@@ -99,7 +216,7 @@ def setup_costs(root: str) -> tuple[FewShotDataset, object | None, list[str]]:
     try:
         import learn2learn
     except ImportError:
-        return train, None, notes + ["learn2learn not installed: its columns are n/a"]
+        return train, None, None, notes + ["learn2learn not installed: its columns are n/a"]
     holder: list = []
     fast = seconds(lambda: holder.append(l2l_dataset(train)))
     scan = seconds(lambda: learn2learn.data.MetaDataset(FloatImageDataset(train)))
@@ -108,7 +225,24 @@ def setup_costs(root: str) -> tuple[FewShotDataset, object | None, list[str]]:
               f"labels_to_indices handed over (as metazoo.data.l2l does), {scan:.2f} s when it scans "
               f"every item itself; Taskset construction (60-way): {build * 1e3:.1f} ms. "
               "None of these is in the rates."]
-    return train, holder[0], notes
+    if not standard:
+        return train, holder[0], None, notes + [f"learn2learn standard pipeline skipped (--skip {STANDARD})"]
+    folder = cache_dir() / L2L_OMNIGLOT
+    fresh = not (folder / "omniglot-py" / "images_background").is_dir() or \
+        not (folder / "omniglot-py" / "images_evaluation").is_dir()
+    start = time.perf_counter()
+    folder = l2l_omniglot_root(root)
+    extracted = time.perf_counter() - start
+    note = f"learn2learn standard pipeline: Omniglot PNGs at {folder}/omniglot-py " + \
+        (f"extracted in {extracted:.1f} s" if fresh else "already extracted")
+    if not (folder / "omniglot-bookkeeping.pkl").exists():  # learn2learn's first use: MetaDataset scans it all
+        first = seconds(lambda: l2l_standard_taskset(folder, 5, 1, 1))
+        note += (f"; first get_tasksets('omniglot') {first:.1f} s, most of it MetaDataset's bookkeeping "
+                 "(one decode of all 32460 PNGs), which learn2learn caches there for later runs")
+    else:
+        note += "; learn2learn's bookkeeping already cached there"
+    notes.append(note + ". Not in any rate.")
+    return train, holder[0], folder, notes
 
 
 def training_blocks(episodes: Sequence[Episode], steps: int, lr: float, seed: int) -> dict[str, Callable[[], None]]:
@@ -166,6 +300,29 @@ def training_rows(train: FewShotDataset, args: argparse.Namespace) -> tuple[list
     return rows, summary
 
 
+def legend(infos: Sequence[dict], args: argparse.Namespace) -> list[str]:
+    """What the sampling table's columns measure, and how the standard pipeline was timed."""
+    lines = [
+        "metazoo / pre-decoded = metazoo ep/s divided by l2l pre-decoded ep/s. l2l pre-decoded: a learn2learn "
+        "Taskset (NWays, KShots(shots + queries), LoadData, RemapLabels, ConsecutiveLabels) over a "
+        "MetaDataset of metazoo's decoded train tensors: the same footing, neither side decodes images.",
+        "metazoo / standard = metazoo ep/s divided by l2l standard ep/s. l2l standard: learn2learn's own Omniglot "
+        "benchmark taskset, learn2learn.vision.benchmarks.get_tasksets('omniglot', train_ways=ways, "
+        "train_samples=shots + queries).train: FullOmniglot (Resize(28, LANCZOS), ToTensor, 1 - x), "
+        "FusedNWaysKShots, LoadData, RemapLabels, ConsecutiveLabels, RandomClassRotation([0, 90, 180, 270]); "
+        "it opens, decodes, resizes and rotates one PNG per item of every episode.",
+    ]
+    sized = [info for info in infos if "standard episodes" in info]
+    if sized:
+        blocks = " / ".join(str(info["standard episodes"]) for info in sized)
+        build = max(info["standard build s"] for info in sized)
+        lines.append(f"l2l standard timing: median of {args.repeats} blocks of {blocks} episodes (rows in order; at "
+                     f"most --l2l-standard-episodes {args.l2l_standard_episodes}, fewer where {args.repeats} blocks "
+                     f"would pass --l2l-standard-seconds {args.l2l_standard_seconds:g}), interleaved with the other "
+                     f"contenders; rates, not totals. get_tasksets per row: up to {build:.1f} s, not in the rates.")
+    return lines
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -192,7 +349,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--skip", choices=["sampling", "training"], action="append", default=[])
+    parser.add_argument("--l2l-standard-episodes", type=int, default=20,
+                        help="most episodes per timed block of the learn2learn standard pipeline")
+    parser.add_argument("--l2l-standard-seconds", type=float, default=20.0,
+                        help="rough budget for the standard pipeline's timed blocks in one row: blocks "
+                             "are cut (to 1 episode at least) when --repeats blocks would take longer")
+    parser.add_argument("--skip", choices=["sampling", "training", STANDARD], action="append", default=[],
+                        help=f"leave out a part (repeatable); {STANDARD}: the learn2learn standard pipeline")
     return parser.parse_args(argv)
 
 
@@ -204,14 +367,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     random.seed(args.seed)  # learn2learn's transforms draw from Python's random
     start = time.perf_counter()
     print(f"# metazoo benchmarks\n\nmachine: {machine()}\n")
-    train, meta, notes = setup_costs(args.data_root)
+    train, meta, standard, notes = setup_costs(args.data_root, standard=not {"sampling", STANDARD} & set(args.skip))
     if "sampling" not in args.skip:
-        rows = [sampling_row(train, meta, size, args.episodes, args.repeats, args.seed) for size in SAMPLING]
+        rows, infos = zip(*(sampling_row(train, meta, standard, size, args) for size in SAMPLING))
         print(f"## (a) Episode sampling, Omniglot train, float32 episodes, median of {args.repeats} blocks "
-              f"of {args.episodes} episodes\n")
-        print(table(["episode", "metazoo ep/s", "learn2learn ep/s", "metazoo / l2l",
-                     f"goal >= {SAMPLING_GOAL:.0f}x", "metazoo indices() only ep/s", "episode_from_task us"], rows))
-        print("\n" + "\n".join(f"- {note}" for note in notes) + "\n")
+              f"of {args.episodes} episodes (learn2learn standard pipeline: see below)\n")
+        print(table(["episode", "metazoo ep/s", "l2l pre-decoded ep/s", "metazoo / pre-decoded", "l2l standard ep/s",
+                     "metazoo / standard", f"goal >= {SAMPLING_GOAL:.0f}x (pre-decoded, standard)",
+                     "metazoo indices() only ep/s", "episode_from_task us"], rows))
+        print("\n" + "\n".join(f"- {line}" for line in legend(infos, args)))
+        print("\n".join(f"- {note}" for note in notes) + "\n")
     if "training" not in args.skip:
         rows, summary = training_rows(train, args)
         print("## (b) Training step, ProtoNet vs bare backbone\n")
