@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.conv4 import conv_block
 from ..episode import Episode, LabeledSet
 from . import LEARNERS
 from .base import Learner
@@ -28,14 +29,6 @@ def pair_up(class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
     return torch.cat([classes, queries], dim=2).flatten(0, 1)
 
 
-def relation_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
-    """3x3 conv (padding 1), BatchNorm, ReLU, then a 2x2 max-pool if ``pool``."""
-    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU()]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
-
-
 class RelationModule(nn.Module):
     """Two conv blocks and two fully connected layers: a pair of feature maps -> a score in [0, 1].
 
@@ -49,7 +42,7 @@ class RelationModule(nn.Module):
         blocks = []
         for c in (2 * in_channels, channels):
             pool = min(height, width) >= 2
-            blocks.append(relation_block(c, channels, pool))
+            blocks.append(conv_block(c, channels, pooling=True, downsample=pool))
             if pool:
                 height, width = height // 2, width // 2
         self.blocks = nn.Sequential(*blocks)
