@@ -93,10 +93,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(argv: list[str]) -> int:
     from .benchmarks import main
 
-    return main(args.rest) or 0
+    return main(argv) or 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -139,13 +139,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--data-root")
     c.set_defaults(func=cmd_data_check)
 
-    s = sub.add_parser("bench", help="speed benchmarks against learn2learn (see docs/benchmarks.md)")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_bench)
+    sub.add_parser("bench", add_help=False,
+                   help="speed benchmarks against learn2learn (see docs/benchmarks.md; `metazoo bench --help`)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options, parsed by metazoo.benchmarks
+        return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -41,3 +41,15 @@ def toy_dataset(class_sizes=(6, 8, 5, 7, 9, 6), channels=1, side=4, name="toy", 
             images.append(torch.full((channels, side, side), 10 * c + i, dtype=torch.uint8))
     return FewShotDataset(torch.stack(images), class_sizes, [f"class{c}" for c in range(len(class_sizes))],
                           name=name, split=split)
+
+
+def overfits(learner, episode, steps: int = 60, lr: float = 1e-2) -> bool:
+    """Meta-train ``learner`` on one episode with Adam; True if it then classifies every query right."""
+    optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
+    for _ in range(steps):
+        loss, _ = learner.meta_loss([episode])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    learner.eval()
+    return bool((learner(episode).argmax(-1) == episode.query.labels).all())

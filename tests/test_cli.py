@@ -58,3 +58,10 @@ def test_missing_data_is_reported_not_raised(tmp_path, capsys):
 def test_console_entry_point_runs(args):
     done = subprocess.run([sys.executable, "-m", "metazoo.cli", *args], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+def test_bench_passes_its_own_options_through(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    assert "--l2l-standard-episodes" in capsys.readouterr().out

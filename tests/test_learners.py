@@ -11,7 +11,7 @@ from metazoo.episode import Episode, LabeledSet
 from metazoo.learners import ProtoNet
 from metazoo.registry import UnknownNameError
 
-from .conftest import toy_dataset
+from .conftest import overfits, toy_dataset
 
 BACKBONE = {"name": "conv4", "in_channels": 1, "width": 8, "image_size": 16}
 
@@ -75,14 +75,7 @@ def test_forward_equals_adapt_then_classify_in_eval_mode(learner):
 
 def test_one_episode_can_be_overfit(learner):
     ep = episode(ways=3, shots=2, queries=2)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss, _ = learner.meta_loss([ep])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    learner.eval()
-    assert (learner(ep).argmax(-1) == ep.query.labels).all()
+    assert overfits(learner, ep)
 
 
 def test_unknown_learner_or_setting_lists_valid_ones():

@@ -12,6 +12,7 @@ from metazoo.backbones import Conv4
 from metazoo.episode import Episode, LabeledSet
 from metazoo.learners import MatchingNet, RelationNet
 
+from .conftest import overfits
 from .test_learners import BACKBONE, episode
 
 RELATION_BACKBONE = {**BACKBONE, "downsample_blocks": 2}  # the paper's embedding: maps of 8 x 4 x 4
@@ -206,14 +207,7 @@ def test_relation_with_the_papers_embedding_trains_every_parameter_and_overfits_
     assert learner.relation.head[0].in_features == 64
 
     ep = episode(ways=3, shots=2, queries=2)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss, _ = learner.meta_loss([ep])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    learner.eval()
-    assert (learner(ep).argmax(-1) == ep.query.labels).all()
+    assert overfits(learner, ep)
 
 
 def test_relation_needs_feature_maps():
