@@ -42,7 +42,8 @@ def test_logits_have_the_right_shape_and_are_finite(learner):
 def test_gradients_reach_every_meta_parameter(learner):
     loss, metrics = learner.meta_loss([episode(), episode(index=1)])
     loss.backward()
-    missing = [n for n, p in learner.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    missing = [n for n, p in learner.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert not missing, f"no gradient reached {missing}"
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
 
