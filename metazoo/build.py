@@ -8,7 +8,7 @@ import torch
 from .backbones import BACKBONES
 from .config import Config
 from .data import FewShotDataset, create_dataset
-from .learners import create_learner
+from .learners import LEARNERS, create_learner
 from .learners.base import Learner
 from .registry import accepted_kwargs
 
@@ -30,6 +30,8 @@ def build_learner(config: Config, dataset: FewShotDataset) -> Learner:
             settings.setdefault(key, value)
     learner_settings = dict(config.learner)
     learner_name = learner_settings.pop("name", "protonet")
+    if "ways" in accepted_kwargs(LEARNERS.get_factory(learner_name)):  # learners with a ways-sized head
+        learner_settings.setdefault("ways", config.train.ways)
     return create_learner(learner_name, backbone={"name": name, **settings}, **learner_settings)
 
 
@@ -43,9 +45,15 @@ def build_optimizer(config: Config, learner: Learner):
         optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     else:
         raise ValueError(f"unknown optimiser {o.name!r}; valid: adam, sgd")
-    decays = o.step_size > 0
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=o.step_size if decays else 1, gamma=o.gamma if decays else 1.0)
+    if o.schedule == "linear":
+        steps = config.train.steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
+    elif o.schedule == "step":
+        decays = o.step_size > 0
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=o.step_size if decays else 1, gamma=o.gamma if decays else 1.0)
+    else:
+        raise ValueError(f"unknown learning-rate schedule {o.schedule!r}; valid: step, linear")
     return optimizer, scheduler
 
 

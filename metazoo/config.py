@@ -42,6 +42,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     step_size: int = 0  # steps between learning-rate decays (0: constant)
     gamma: float = 0.5
+    schedule: str = "step"  # step: times gamma every step_size steps | linear: down to 0 at train.steps (Reptile)
 
 
 @dataclass

@@ -28,9 +28,11 @@ class LabeledSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "LabeledSet":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "LabeledSet":
+        """Moved to ``device``; ``dtype`` converts the inputs only (labels stay long)."""
         return LabeledSet(
-            self.inputs.to(device, non_blocking=non_blocking),
+            self.inputs.to(device, dtype, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
             self.ways,
         )
@@ -60,10 +62,11 @@ class Episode:
     def ways(self) -> int:
         return self.support.ways
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "Episode":
         return Episode(
-            self.support.to(device, non_blocking),
-            self.query.to(device, non_blocking),
+            self.support.to(device, dtype, non_blocking),
+            self.query.to(device, dtype, non_blocking),
             self.classes,
             self.index,
         )

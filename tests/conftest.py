@@ -43,7 +43,7 @@ def toy_dataset(class_sizes=(6, 8, 5, 7, 9, 6), channels=1, side=4, name="toy", 
                           name=name, split=split)
 
 
-def overfits(learner, episode, steps: int = 60, lr: float = 1e-2) -> bool:
+def overfits(learner, episode, steps: int = 100, lr: float = 1e-2) -> bool:
     """Meta-train ``learner`` on one episode with Adam; True if it then classifies every query right."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
     for _ in range(steps):

@@ -9,7 +9,8 @@ from metazoo import create_learner, list_learners
 from metazoo.data import EpisodeSampler
 from metazoo.episode import Episode, LabeledSet
 from metazoo.learners import ProtoNet
-from metazoo.registry import UnknownNameError
+from metazoo.learners import LEARNERS
+from metazoo.registry import UnknownNameError, accepted_kwargs
 
 from .conftest import overfits, toy_dataset
 
@@ -29,7 +30,8 @@ def episode(ways=3, shots=2, queries=3, seed=0, index=0):
 @pytest.fixture(params=list_learners())
 def learner(request):
     torch.manual_seed(0)
-    return create_learner(request.param, backbone=dict(BACKBONE))
+    settings = {"ways": 3} if "ways" in accepted_kwargs(LEARNERS.get_factory(request.param)) else {}
+    return create_learner(request.param, backbone=dict(BACKBONE), **settings)
 
 
 def test_logits_have_the_right_shape_and_are_finite(learner):

@@ -33,13 +33,15 @@ class Conv4(nn.Module):
         downsample_blocks: how many leading blocks halve the resolution (``None``: all of them);
             the rest keep it. Relation Networks' embedding is ``depth=4, downsample_blocks=2``
             (64 x 7 x 7 feature maps on 28x28 Omniglot).
+        global_pool: average the last feature maps over space (``width``-d features), as MAML's
+            Omniglot network does after its strided convolutions.
 
     ``forward`` returns flat features (n, feature_size); ``feature_shape`` (channels, side, side)
     says how they unflatten into the last block's feature maps.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, pooling: bool = True,
-                 image_size: int = 28, downsample_blocks: int | None = None) -> None:
+                 image_size: int = 28, downsample_blocks: int | None = None, global_pool: bool = False) -> None:
         super().__init__()
         downsampled = depth if downsample_blocks is None else downsample_blocks
         if not 0 <= downsampled <= depth:
@@ -50,9 +52,11 @@ class Conv4(nn.Module):
         side = image_size
         for _ in range(downsampled):
             side = side // 2 if pooling else (side + 1) // 2
+        side = 1 if global_pool else side
+        self.pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
         self.feature_shape = (width, side, side)
         self.feature_size = width * side * side
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(n, c, h, w) -> (n, feature_size)."""
-        return self.blocks(inputs).flatten(1)
+        return self.pool(self.blocks(inputs)).flatten(1)

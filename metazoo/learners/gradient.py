@@ -1,0 +1,241 @@
+"""Optimisation-based learners: MAML, first-order MAML, ANIL, Meta-SGD and Reptile.
+
+All of them are a network (backbone + linear head with ``ways`` outputs) whose weights are
+adapted to each task by :func:`~metazoo.learners.inner.inner_loop`; they differ in which
+weights the inner loop moves, with which step sizes, and in the outer objective.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..episode import Episode, LabeledSet
+from . import LEARNERS
+from .base import Learner
+from .inner import Params, TaskNet, inner_loop, stack_params
+
+BN_MODES = ("transductive", "per_step")
+
+
+class FastWeightClassifier:
+    """A learner's network bound to task-adapted weights (one task)."""
+
+    def __init__(self, learner: "GradientLearner", params: Params, step: int) -> None:
+        self.learner, self.params, self.step = learner, params, step
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.learner.logits(self.params, self.step, inputs[None])[0]
+
+
+class GradientLearner(Learner):
+    """A network adapted to each task by gradient descent on its support set.
+
+    Args:
+        backbone: feature extractor with ``feature_size``.
+        ways: classes per episode (outputs of the linear head).
+        inner_steps: inner-loop steps while meta-training.
+        inner_lr: inner-loop step size (Meta-SGD: the initial value of its learned step sizes).
+        test_inner_steps: inner steps in eval mode (``None``: ``inner_steps``).
+        first_order: drop the second-order terms (gradients of the inner steps are constants).
+        bn: BatchNorm statistics. ``"transductive"`` (MAML's paper): every forward pass, train
+            or test, normalises with the statistics of its own batch (the support set while
+            adapting, the query set when classifying); no running statistics are kept.
+            ``"per_step"``: batch statistics while meta-training, plus running statistics kept
+            separately for each inner step (Antoniou et al. 2019) and used in eval mode, so a
+            query is classified on its own.
+        batch_tasks: evaluate the tasks of a meta-batch together (grouped convolutions) when the
+            network allows it; the result equals task-by-task evaluation.
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
+                 test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
+                 batch_tasks: bool = True) -> None:
+        super().__init__(backbone)
+        if bn not in BN_MODES:
+            raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
+        if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
+            raise ValueError("inner_steps and test_inner_steps must be >= 0")
+        self.ways, self.inner_steps, self.inner_lr = ways, inner_steps, inner_lr
+        self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
+        self.first_order, self.bn = first_order, bn
+        self.head = nn.Linear(backbone.feature_size, ways)
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if bn == "transductive":
+                    module.track_running_stats = False
+                    module.running_mean = module.running_var = module.num_batches_tracked = None
+                else:  # one row of running statistics per number of inner updates made so far
+                    module.running_mean = torch.zeros(inner_steps + 1, module.num_features)
+                    module.running_var = torch.ones(inner_steps + 1, module.num_features)
+        self._body, self._head = TaskNet(backbone, batch_tasks), TaskNet(self.head, batch_tasks)
+
+    # --- what the inner loop adapts, and how fast -------------------------------------------------
+    def adapted_names(self) -> list[str]:
+        """Parameters the inner loop moves (all of the network's by default)."""
+        return [n for n, _ in self.named_parameters() if n.startswith(("backbone.", "head."))]
+
+    def inner_lrs(self) -> dict[str, float | torch.Tensor]:
+        return {name: self.inner_lr for name in self.adapted_names()}
+
+    def steps(self) -> int:
+        return self.inner_steps if self.training else self.test_inner_steps
+
+    # --- the network as a function of (per-task) weights -------------------------------------------
+    def _stats(self, step: int) -> dict[str, torch.Tensor]:
+        if self.bn == "transductive":
+            return {}
+        row = min(step, self.inner_steps)
+        return {name: buffer[row] for name, buffer in self.backbone.named_buffers()
+                if name.endswith(("running_mean", "running_var"))}
+
+    def features(self, params: Params, step: int, inputs: torch.Tensor) -> torch.Tensor:
+        body = {name[9:]: p for name, p in params.items() if name.startswith("backbone.")}
+        return self._body(body, self._stats(step), inputs)
+
+    def classify(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        return self._head({"weight": params["head.weight"], "bias": params["head.bias"]}, {}, features)
+
+    def logits(self, params: Params, step: int, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (T, n, ways) of inputs (T, n, ...) under per-task weights ``params``."""
+        return self.classify(params, self.features(params, step, inputs))
+
+    def fast_weights(self, inputs: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> Params:
+        """Per-task weights adapted on support sets ``inputs`` (T, n, ...) with ``labels`` (T, n)."""
+        tasks, adapted = len(inputs), self.adapted_names()
+        params = stack_params({n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))},
+                              tasks)
+        if any(name.startswith("backbone.") for name in adapted):
+            forward, data = self.logits, inputs
+        else:  # the body is fixed in the inner loop: embed the support set once
+            data = self.features(params, 0, inputs)
+
+            def forward(p, step, features):
+                return self.classify(p, features)
+        return inner_loop(forward, params, adapted, data, labels, self.steps(), self.inner_lrs(), self.loss,
+                          create_graph)
+
+    # --- the Learner contract ---------------------------------------------------------------------
+    def _check(self, support: LabeledSet) -> None:
+        if support.ways != self.ways:
+            raise ValueError(f"{type(self).__name__} was built for {self.ways}-way episodes (learner.ways); "
+                             f"this episode is {support.ways}-way")
+
+    def adapt(self, support: LabeledSet) -> FastWeightClassifier:
+        self._check(support)
+        outer = torch.is_grad_enabled()
+        with torch.enable_grad():  # the inner loop needs gradients even when evaluating
+            params = self.fast_weights(support.inputs[None], support.labels[None],
+                                       create_graph=outer and not self.first_order)
+        if not outer:
+            params = {name: p.detach() for name, p in params.items()}
+        return FastWeightClassifier(self, params, self.steps())
+
+    def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean query loss after adaptation; the tasks of a meta-batch are adapted together."""
+        losses, correct, total = [], 0, 0
+        for group in _same_shape_groups(episodes):
+            for episode in group:
+                self._check(episode.support)
+            support_x = torch.stack([e.support.inputs for e in group])
+            support_y = torch.stack([e.support.labels for e in group])
+            query_x = torch.stack([e.query.inputs for e in group])
+            query_y = torch.stack([e.query.labels for e in group])
+            loss, logits = self.group_loss(support_x, support_y, query_x, query_y)
+            losses.append(loss * len(group))
+            correct = correct + (logits.argmax(-1) == query_y).sum()
+            total += query_y.numel()
+        loss = torch.stack(losses).sum() / len(episodes)
+        return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
+
+    def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways)."""
+        params = self.fast_weights(support_x, support_y,
+                                   create_graph=torch.is_grad_enabled() and not self.first_order)
+        logits = self.logits(params, self.steps(), query_x)
+        return self.loss(logits.flatten(0, 1), query_y.flatten()), logits
+
+
+def _same_shape_groups(episodes: Sequence[Episode]) -> list[list[Episode]]:
+    groups: dict[tuple, list[Episode]] = {}
+    for e in episodes:
+        groups.setdefault((e.support.inputs.shape, e.query.inputs.shape), []).append(e)
+    return list(groups.values())
+
+
+@LEARNERS.register("maml")
+class MAML(GradientLearner):
+    """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
+
+    Meta-learns the initial weights of the whole network so that ``inner_steps`` steps of
+    gradient descent on a support set fit the task; the meta-gradient flows through the inner
+    steps (second order), or not with ``first_order=True`` (FOMAML).
+    """
+
+
+@LEARNERS.register("anil")
+class ANIL(GradientLearner):
+    """Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
+
+    MAML whose inner loop adapts only the linear head; the body is meta-learned by the outer
+    loop only. The support set is embedded once per task.
+    """
+
+    def adapted_names(self) -> list[str]:
+        return ["head.weight", "head.bias"]
+
+
+@LEARNERS.register("metasgd")
+class MetaSGD(GradientLearner):
+    """Meta-SGD (Li, Zhou, Chen & Li, 2017).
+
+    MAML with a learned step size for every weight of the network (same shape as the weight),
+    meta-trained with the initial weights; ``inner_lr`` is their initial value.
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
+                 test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
+                 batch_tasks: bool = True) -> None:
+        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, first_order, bn, batch_tasks)
+        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, inner_lr))
+                                     for n, p in self.named_parameters()})
+
+    def inner_lrs(self) -> dict[str, torch.Tensor]:
+        return {name: self.lrs[_key(name)] for name in self.adapted_names()}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+@LEARNERS.register("reptile")
+class Reptile(GradientLearner):
+    """Reptile (Nichol, Achiam & Schulman, 2018).
+
+    While meta-training, the inner loop is plain first-order SGD on all of a training episode's
+    labelled data (support and query: the paper trains on more shots than it tests with, e.g. 10
+    per class for Omniglot 1-shot), and the outer update moves the initial weights toward the
+    mean of the adapted ones, ``theta += eps * mean(phi_i - theta)``. It fits the one trainer
+    through its loss: ``meta_loss`` has the gradient of ``0.5 * mean_i ||theta - phi_i||^2`` with
+    ``phi_i`` held constant, which is ``theta - mean(phi_i)``, so an SGD outer optimiser with
+    learning rate ``eps`` (and no momentum) makes exactly Reptile's update; its value is the
+    adapted weights' loss on the query set (which they were fitted on). At test time Reptile
+    adapts on the support set only, like every learner.
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
+                 test_inner_steps: int | None = None, bn: str = "transductive", batch_tasks: bool = True) -> None:
+        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks)
+
+    def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.is_grad_enabled():
+            return super().group_loss(support_x, support_y, query_x, query_y)
+        inputs, labels = torch.cat([support_x, query_x], 1), torch.cat([support_y, query_y], 1)
+        params = {n: p.detach() for n, p in self.fast_weights(inputs, labels, create_graph=False).items()}
+        named = dict(self.named_parameters())
+        surrogate = sum(0.5 * (named[n] - params[n]).pow(2).sum() for n in self.adapted_names()) / len(inputs)
+        with torch.no_grad():
+            logits = self.logits(params, self.steps(), query_x)
+            query_loss = self.loss(logits.flatten(0, 1), query_y.flatten())
+        return surrogate - surrogate.detach() + query_loss, logits
