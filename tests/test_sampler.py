@@ -106,3 +106,8 @@ def test_labeled_set_checks_and_moves():
         LabeledSet(torch.zeros(2, 1), torch.zeros(2), 1)
     ep = EpisodeSampler(toy_dataset(), 2, 1, 1)[0].to("cpu")
     assert ep.support.ways == 2 and len(ep.query) == 2
+
+
+def test_iterating_a_sampler_stops_at_its_length():
+    sampler = EpisodeSampler(toy_dataset(), 3, 1, 1, seed=0, episodes=4)
+    assert [e.index for e in sampler] == [0, 1, 2, 3]

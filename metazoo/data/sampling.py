@@ -6,6 +6,8 @@ would have seen.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from ..episode import Episode, LabeledSet
@@ -78,6 +80,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.episodes
+
+    def __iter__(self) -> Iterator[Episode]:
+        """Episodes ``0 .. len - 1`` (without this, Python would iterate until indexing failed,
+        which it never does)."""
+        return (self[i] for i in range(self.episodes))
 
     def indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Episode ``index`` as (classes (ways,), image indices (ways, shots + queries))."""
