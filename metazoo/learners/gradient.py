@@ -37,7 +37,8 @@ class GradientLearner(Learner):
         ways: classes per episode (outputs of the linear head).
         inner_steps: inner-loop steps while meta-training.
         inner_lr: inner-loop step size (Meta-SGD: the initial value of its learned step sizes).
-        test_inner_steps: inner steps in eval mode (``None``: ``inner_steps``).
+        test_inner_steps: inner steps when evaluating, i.e. in eval mode or with gradients off
+            (``None``: ``inner_steps``).
         first_order: drop the second-order terms (gradients of the inner steps are constants).
         bn: BatchNorm statistics. ``"transductive"`` (MAML's paper): every forward pass, train
             or test, normalises with the statistics of its own batch (the support set while
@@ -80,7 +81,9 @@ class GradientLearner(Learner):
         return {name: self.inner_lr for name in self.adapted_names()}
 
     def steps(self) -> int:
-        return self.inner_steps if self.training else self.test_inner_steps
+        """Inner steps now: ``inner_steps`` while meta-training, ``test_inner_steps`` when evaluating
+        (eval mode, or no gradients tracked as in :func:`~metazoo.evaluate.evaluate`)."""
+        return self.inner_steps if self.training and torch.is_grad_enabled() else self.test_inner_steps
 
     # --- the network as a function of (per-task) weights -------------------------------------------
     def _stats(self, step: int) -> dict[str, torch.Tensor]:
@@ -101,8 +104,11 @@ class GradientLearner(Learner):
         """Logits (T, n, ways) of inputs (T, n, ...) under per-task weights ``params``."""
         return self.classify(params, self.features(params, step, inputs))
 
-    def fast_weights(self, inputs: torch.Tensor, labels: torch.Tensor, create_graph: bool) -> Params:
-        """Per-task weights adapted on support sets ``inputs`` (T, n, ...) with ``labels`` (T, n)."""
+    def fast_weights(self, inputs: torch.Tensor, labels: torch.Tensor, create_graph: bool,
+                     steps: int | None = None) -> Params:
+        """Per-task weights adapted on support sets ``inputs`` (T, n, ...) with ``labels`` (T, n)
+        by ``steps`` inner steps (default: :meth:`steps`)."""
+        steps = self.steps() if steps is None else steps
         tasks, adapted = len(inputs), self.adapted_names()
         params = stack_params({n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))},
                               tasks)
@@ -113,8 +119,7 @@ class GradientLearner(Learner):
 
             def forward(p, step, features):
                 return self.classify(p, features)
-        return inner_loop(forward, params, adapted, data, labels, self.steps(), self.inner_lrs(), self.loss,
-                          create_graph)
+        return inner_loop(forward, params, adapted, data, labels, steps, self.inner_lrs(), self.loss, create_graph)
 
     # --- the Learner contract ---------------------------------------------------------------------
     def _check(self, support: LabeledSet) -> None:
@@ -124,13 +129,13 @@ class GradientLearner(Learner):
 
     def adapt(self, support: LabeledSet) -> FastWeightClassifier:
         self._check(support)
-        outer = torch.is_grad_enabled()
+        outer, steps = torch.is_grad_enabled(), self.steps()
         with torch.enable_grad():  # the inner loop needs gradients even when evaluating
             params = self.fast_weights(support.inputs[None], support.labels[None],
-                                       create_graph=outer and not self.first_order)
+                                       create_graph=outer and not self.first_order, steps=steps)
         if not outer:
             params = {name: p.detach() for name, p in params.items()}
-        return FastWeightClassifier(self, params, self.steps())
+        return FastWeightClassifier(self, params, steps)
 
     def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean query loss after adaptation; the tasks of a meta-batch are adapted together."""
