@@ -16,7 +16,8 @@
       user gets. The same Omniglot archives are extracted once into
       ``<metazoo cache>/l2l-omniglot/omniglot-py/`` for it;
 (b) one ProtoNet meta-training step (``meta_loss`` + Adam) against a bare Conv4 + linear head
-    trained with cross-entropy on the same images, on 60-way 1-shot 5-query episodes.
+    trained with cross-entropy on the same images, on 60-way 1-shot 5-query episodes;
+(c) one MAML meta-iteration against learn2learn's MAML (see :mod:`metazoo.bench_maml`).
 
 The contenders of each row run in alternating blocks and report the median block, so a load
 that comes and goes on the machine falls on both sides of each ratio.
@@ -354,7 +355,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--l2l-standard-seconds", type=float, default=20.0,
                         help="rough budget for the standard pipeline's timed blocks in one row: blocks "
                              "are cut (to 1 episode at least) when --repeats blocks would take longer")
-    parser.add_argument("--skip", choices=["sampling", "training", STANDARD], action="append", default=[],
+    parser.add_argument("--skip", choices=["sampling", "training", "maml", STANDARD], action="append", default=[],
                         help=f"leave out a part (repeatable); {STANDARD}: the learn2learn standard pipeline")
     return parser.parse_args(argv)
 
@@ -382,6 +383,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("## (b) Training step, ProtoNet vs bare backbone\n")
         print(table(["step", "ms/step", "ratio to bare"], rows))
         print(f"\n{summary}\n")
+    if "maml" not in args.skip:
+        from .bench_maml import HEADER, maml_rows
+
+        rows, notes = maml_rows(args, interleaved_medians, repeat)
+        print("## (c) MAML meta-iteration, metazoo vs learn2learn\n")
+        print(table(HEADER, rows))
+        print("\n" + "\n".join(f"- {note}" for note in notes) + "\n")
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
 
 

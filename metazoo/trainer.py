@@ -73,9 +73,8 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     with open(run_dir / METRICS, "a") as metrics:
         for step, batch in enumerate(loader, start + 1):
             learner.train()
-            loss, stats = learner.meta_loss([episode.to(device) for episode in batch])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            stats = learner.meta_backward([episode.to(device) for episode in batch])
             optimizer.step()
             scheduler.step()
             bar.update()

@@ -257,3 +257,17 @@ def test_short_real_run_beats_chance(tmp_path, data_root, name, settings):
     test = meta_train(config, tmp_path / "run", progress=False)["test"]
     assert test["episodes"] == 200
     assert test["mean"] - test["ci95"] > 0.4, test
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_backward_part_by_part_gives_the_same_gradients(name):
+    eps, grads = episodes(3), []
+    for per_pass in (0, 1, 2):
+        learner = make(name, inner_steps=2, inner_lr=0.3, tasks_per_pass=per_pass)
+        stats = learner.meta_backward(eps)
+        grads.append(([p.grad for p in learner.parameters()], stats))
+    for other, stats in grads[1:]:
+        for a, b in zip(grads[0][0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(stats["loss"], grads[0][1]["loss"], rtol=1e-10, atol=0)
+        torch.testing.assert_close(stats["accuracy"], grads[0][1]["accuracy"])

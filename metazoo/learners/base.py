@@ -48,3 +48,13 @@ class Learner(nn.Module):
             total += len(episode.query)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
+
+    def meta_backward(self, episodes: Sequence[Episode]) -> dict[str, torch.Tensor]:
+        """Accumulate the gradient of ``meta_loss(episodes)`` into ``.grad``; return its metrics.
+
+        The trainer calls this. A learner may override it to back-propagate part by part (less
+        memory), provided the gradients equal those of ``meta_loss(episodes)[0].backward()``.
+        """
+        loss, stats = self.meta_loss(episodes)
+        loss.backward()
+        return stats

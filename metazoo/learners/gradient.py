@@ -48,12 +48,16 @@ class GradientLearner(Learner):
             query is classified on its own.
         batch_tasks: evaluate the tasks of a meta-batch together (grouped convolutions) when the
             network allows it; the result equals task-by-task evaluation.
+        tasks_per_pass: while meta-training, adapt and back-propagate this many tasks of a
+            meta-batch at a time (0: all of them). Fewer tasks per pass hold fewer graphs (peak
+            memory of about one task's graph at 1, like learn2learn's loop); the gradients are the same.
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
-                 batch_tasks: bool = True) -> None:
+                 batch_tasks: bool = True, tasks_per_pass: int = 0) -> None:
         super().__init__(backbone)
+        self.tasks_per_pass = tasks_per_pass
         if bn not in BN_MODES:
             raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
         if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
@@ -154,6 +158,17 @@ class GradientLearner(Learner):
         loss = torch.stack(losses).sum() / len(episodes)
         return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
 
+    def meta_backward(self, episodes: Sequence[Episode]) -> dict[str, torch.Tensor]:
+        size = self.tasks_per_pass or len(episodes)
+        loss, accuracy = 0.0, 0.0
+        for start in range(0, len(episodes), size):
+            part = episodes[start:start + size]
+            part_loss, stats = self.meta_loss(part)
+            (part_loss * (len(part) / len(episodes))).backward()
+            loss = loss + stats["loss"] * len(part) / len(episodes)
+            accuracy = accuracy + stats["accuracy"] * len(part) / len(episodes)
+        return {"loss": loss, "accuracy": accuracy}
+
     def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways)."""
         params = self.fast_weights(support_x, support_y,
@@ -201,8 +216,9 @@ class MetaSGD(GradientLearner):
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
-                 batch_tasks: bool = True) -> None:
-        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, first_order, bn, batch_tasks)
+                 batch_tasks: bool = True, tasks_per_pass: int = 0) -> None:
+        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, first_order, bn, batch_tasks,
+                         tasks_per_pass)
         self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, inner_lr))
                                      for n, p in self.named_parameters()})
 
@@ -230,8 +246,21 @@ class Reptile(GradientLearner):
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
-                 test_inner_steps: int | None = None, bn: str = "transductive", batch_tasks: bool = True) -> None:
-        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks)
+                 test_inner_steps: int | None = None, bn: str = "transductive", batch_tasks: bool = True,
+                 tasks_per_pass: int = 0) -> None:
+        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks,
+                         tasks_per_pass)
+
+    def meta_backward(self, episodes: Sequence[Episode]) -> dict[str, torch.Tensor]:
+        size = self.tasks_per_pass or len(episodes)
+        loss, accuracy = 0.0, 0.0
+        for start in range(0, len(episodes), size):
+            part = episodes[start:start + size]
+            part_loss, stats = self.meta_loss(part)
+            (part_loss * (len(part) / len(episodes))).backward()
+            loss = loss + stats["loss"] * len(part) / len(episodes)
+            accuracy = accuracy + stats["accuracy"] * len(part) / len(episodes)
+        return {"loss": loss, "accuracy": accuracy}
 
     def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_grad_enabled():
