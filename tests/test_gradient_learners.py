@@ -129,7 +129,8 @@ def test_reptile_outer_step_moves_toward_manually_adapted_weights():
     with torch.no_grad():
         torch.testing.assert_close(learner(ep), adapted_on_support(ep.query.inputs))
     with torch.no_grad():
-        query_loss = sum(F.cross_entropy(net(ep.query.inputs), ep.query.labels) for net, ep in zip(nets, eps)) / len(eps)
+        query_loss = sum(F.cross_entropy(net(ep.query.inputs), ep.query.labels)
+                         for net, ep in zip(nets, eps)) / len(eps)
     torch.testing.assert_close(stats["loss"], query_loss, rtol=1e-10, atol=0)
 
 
@@ -156,7 +157,8 @@ def test_meta_sgd_step_sizes_are_per_weight():
     params = learner.fast_weights(ep.support.inputs[None], ep.support.labels[None], create_graph=False)
     logits = learner.logits(stack_params(dict(learner.named_parameters()), 1), 0, ep.support.inputs[None])[0]
     grad = torch.autograd.grad(F.cross_entropy(logits, ep.support.labels), learner.head.bias)[0]
-    torch.testing.assert_close(params["head.bias"][0], learner.head.bias - torch.tensor([0.0, 1.0, 2.0]).double() * grad)
+    step_sizes = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(params["head.bias"][0], learner.head.bias - step_sizes * grad)
 
 
 def test_anil_adapts_only_the_head():

@@ -75,6 +75,10 @@ class GradientLearner(Learner):
                     module.running_mean = torch.zeros(inner_steps + 1, module.num_features)
                     module.running_var = torch.ones(inner_steps + 1, module.num_features)
         self._body, self._head = TaskNet(backbone, batch_tasks), TaskNet(self.head, batch_tasks)
+        self.build()
+
+    def build(self) -> None:
+        """Subclasses add their own meta-parameters here (Meta-SGD: step sizes)."""
 
     # --- what the inner loop adapts, and how fast -------------------------------------------------
     def adapted_names(self) -> list[str]:
@@ -214,12 +218,8 @@ class MetaSGD(GradientLearner):
     meta-trained with the initial weights; ``inner_lr`` is their initial value.
     """
 
-    def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
-                 test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
-                 batch_tasks: bool = True, tasks_per_pass: int = 0) -> None:
-        super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, first_order, bn, batch_tasks,
-                         tasks_per_pass)
-        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, inner_lr))
+    def build(self) -> None:
+        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, self.inner_lr))
                                      for n, p in self.named_parameters()})
 
     def inner_lrs(self) -> dict[str, torch.Tensor]:
@@ -250,17 +250,6 @@ class Reptile(GradientLearner):
                  tasks_per_pass: int = 0) -> None:
         super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks,
                          tasks_per_pass)
-
-    def meta_backward(self, episodes: Sequence[Episode]) -> dict[str, torch.Tensor]:
-        size = self.tasks_per_pass or len(episodes)
-        loss, accuracy = 0.0, 0.0
-        for start in range(0, len(episodes), size):
-            part = episodes[start:start + size]
-            part_loss, stats = self.meta_loss(part)
-            (part_loss * (len(part) / len(episodes))).backward()
-            loss = loss + stats["loss"] * len(part) / len(episodes)
-            accuracy = accuracy + stats["accuracy"] * len(part) / len(episodes)
-        return {"loss": loss, "accuracy": accuracy}
 
     def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.is_grad_enabled():

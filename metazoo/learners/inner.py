@@ -4,8 +4,7 @@ Fast weights are plain tensors with a leading task dimension: ``params[name]`` h
 ``(T, *parameter.shape)`` for a meta-batch of ``T`` tasks, and inputs have shape ``(T, n, ...)``.
 A :class:`TaskNet` evaluates a module with such weights. For the standard layer types
 (Conv2d, BatchNorm2d, ReLU, max and average pooling, Flatten, Linear, in ``nn.Sequential`` or
-a Conv-4) it
-runs all ``T`` tasks at once: grouped convolutions over the per-task filters, BatchNorm over
+a Conv-4) it runs all ``T`` tasks at once: grouped convolutions over the per-task filters, BatchNorm over
 ``T * C`` channels (each task's own statistics), batched matrix products in linear layers;
 the maths is the same as running each task alone. Any other module is evaluated task by task
 with :func:`torch.func.functional_call`, so every backbone works.
@@ -96,7 +95,8 @@ class TaskNet:
                     x = x.flatten(2)
             else:  # nn.Linear on (T, n, features)
                 w, b = params[prefix + "weight"], params.get(prefix + "bias")
-                x = torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+                w = w.transpose(1, 2)
+                x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
         return x.reshape(n, tasks, *x.shape[1:]).transpose(0, 1) if spatial else x
 
     @staticmethod
