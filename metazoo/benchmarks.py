@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): episode sampling against learn2learn, ProtoNet's step against a bare one.
+"""Benchmarks (not tests): episode sampling and MAML against learn2learn, ProtoNet's step against a bare one.
 
 ``python -m metazoo.benchmarks --data-root ../shared/data`` prints, in one run:
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import itertools
 import os
 import platform
@@ -386,10 +387,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "maml" not in args.skip:
         from .bench_maml import HEADER, maml_rows
 
-        rows, notes = maml_rows(args, interleaved_medians, repeat)
         print("## (c) MAML meta-iteration, metazoo vs learn2learn\n")
-        print(table(HEADER, rows))
-        print("\n" + "\n".join(f"- {note}" for note in notes) + "\n")
+        if importlib.util.find_spec("learn2learn") is None:
+            print("skipped: the peer, learn2learn, is not installed (README: optional dependency)\n")
+        else:
+            rows, notes = maml_rows(args, interleaved_medians, repeat)
+            print(table(HEADER, rows))
+            print("\n" + "\n".join(f"- {note}" for note in notes) + "\n")
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
 
 
