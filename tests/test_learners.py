@@ -78,7 +78,8 @@ def test_forward_equals_adapt_then_classify_in_eval_mode(learner):
 
 def test_one_episode_can_be_overfit(learner):
     ep = episode(ways=3, shots=2, queries=2)
-    assert overfits(learner, ep)
+    # SNAIL's deep stack of concatenated blocks diverges with Adam at 1e-2 (its paper trains at 1e-3)
+    assert overfits(learner, ep, lr=1e-3 if type(learner).__name__ == "SNAIL" else 1e-2)
 
 
 def test_unknown_learner_or_setting_lists_valid_ones():

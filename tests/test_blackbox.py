@@ -1,0 +1,158 @@
+"""Black-box learners: the sequence view's causality, MANN's memory maths by hand, SNAIL's blocks."""
+import math
+
+import pytest
+import torch
+
+from metazoo import create_learner
+from metazoo.episode import Episode, LabeledSet
+from metazoo.learners.blackbox import (MANN, AttentionBlock, TCBlock, cosine_weights, least_used, usage_update,
+                                       write_weights)
+
+from .test_learners import BACKBONE, episode
+
+SEQUENCE_LEARNERS = ["lstm", "mann", "snail"]
+
+
+def build(name, **settings):
+    torch.manual_seed(0)
+    return create_learner(name, backbone=dict(BACKBONE), ways=3, **settings)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_a_query_sees_neither_other_queries_nor_any_query_label(name):
+    learner = build(name).eval()
+    ep = episode(queries=3)
+    logits = learner(ep)
+    changed = ep.query.inputs.clone()
+    changed[1:] = torch.randn_like(changed[1:])  # every query but the first replaced
+    other = Episode(ep.support, LabeledSet(changed, ep.query.labels.roll(1), ep.ways), ep.classes)
+    torch.testing.assert_close(learner(other)[0], logits[0])
+    assert not torch.allclose(learner(other)[1:], logits[1:])
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_sequence_models_are_causal(name):
+    learner = build(name).eval()
+    inputs = torch.randn(2, 7, learner.input_size)
+    later = inputs.clone()
+    later[:, 4:] = torch.randn_like(later[:, 4:])
+    out, out_later = learner.sequence(inputs), learner.sequence(later)
+    torch.testing.assert_close(out_later[:, :4], out[:, :4])
+    assert not torch.allclose(out_later[:, 4:], out[:, 4:])
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_support_labels_are_read(name):
+    learner = build(name).eval()
+    ep = episode()
+    relabelled = Episode(LabeledSet(ep.support.inputs, (ep.support.labels + 1) % 3, 3), ep.query, ep.classes)
+    assert not torch.allclose(learner(ep), learner(relabelled))
+
+
+def test_support_order_is_seeded_when_evaluating_and_random_when_training():
+    learner = build("lstm")
+    learner.eval()
+    assert torch.equal(learner.support_order(10, torch.device("cpu")), learner.support_order(10, torch.device("cpu")))
+    learner.train()
+    orders = {tuple(learner.support_order(10, torch.device("cpu")).tolist()) for _ in range(5)}
+    assert len(orders) > 1
+
+
+def test_wrong_ways_is_a_clear_error():
+    learner = build("snail")
+    with pytest.raises(ValueError, match="built for 3-way"):
+        learner(episode(ways=4))
+
+
+# --- MANN's addressing, by hand -------------------------------------------------------------------
+def test_usage_update_by_hand():
+    usage = torch.tensor([[1.0, 2.0, 0.0, 4.0]])
+    read = torch.tensor([[[0.5, 0.5, 0.0, 0.0]]])
+    write = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])
+    # 0.5 * usage + read + write
+    torch.testing.assert_close(usage_update(usage, read, write, 0.5), torch.tensor([[1.0, 1.5, 1.0, 2.0]]))
+
+
+def test_least_used_marks_the_n_smallest_usages():
+    usage = torch.tensor([[0.3, 0.1, 0.9, 0.2], [0.0, 5.0, 1.0, 2.0]])
+    assert least_used(usage, 1).tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]
+    assert least_used(usage, 2).tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]
+
+
+def test_write_weights_interpolate_previous_reads_and_least_used():
+    previous_read = torch.tensor([[[0.2, 0.8, 0.0]]])
+    previous_least = torch.tensor([[0.0, 0.0, 1.0]])
+    gate = torch.tensor([[math.log(3.0)]])  # sigmoid = 0.75
+    expected = torch.tensor([[[0.75 * 0.2, 0.75 * 0.8, 0.25]]])
+    torch.testing.assert_close(write_weights(previous_read, previous_least, gate), expected)
+
+
+def test_cosine_read_weights_by_hand():
+    key = torch.tensor([[[2.0, 0.0]]])
+    memory = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]]])
+    similarity = torch.tensor([1.0, 0.0, 1 / math.sqrt(2)])
+    expected = similarity.exp() / similarity.exp().sum()
+    torch.testing.assert_close(cosine_weights(key, memory)[0, 0], expected)
+
+
+def test_mann_step_erases_the_least_used_slot_then_writes_and_reads():
+    torch.manual_seed(0)
+    backbone = torch.nn.Flatten()
+    backbone.feature_size = 5
+    learner = MANN(backbone, ways=2, hidden=6, slots=4, slot_size=3, heads=1, gamma=0.9)
+    state = learner.initial_state(1, torch.zeros(1))
+    state["memory"] = torch.arange(12.0).view(1, 4, 3)
+    state["usage"] = torch.tensor([[0.5, 0.1, 0.7, 0.9]])
+    state["least_used"] = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    state["read_weights"] = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])
+    x = torch.randn(1, 7)
+    logits, new = learner.step(x, state)
+
+    # by hand, with the controller's own output h
+    with torch.no_grad():
+        h, _ = learner.controller(torch.cat([x, state["reads"]], -1), (state["h"], state["c"]))
+        key = learner.keys(h)[0]
+        g = float(torch.sigmoid(learner.gates(h))[0, 0])
+    w_write = torch.tensor([0.0, 1 - g, g, 0.0])  # g * previous read + (1 - g) * least used
+    memory = torch.arange(12.0).view(4, 3)
+    memory[1] = 0.0  # the least-used slot is erased before writing
+    memory = memory + w_write[:, None] * key[None]
+    torch.testing.assert_close(new["memory"][0], memory)
+    similarity = torch.nn.functional.cosine_similarity(key[None], memory, dim=-1)
+    w_read = similarity.softmax(-1)
+    torch.testing.assert_close(new["read_weights"][0, 0], w_read)
+    torch.testing.assert_close(new["reads"][0], w_read @ memory)
+    usage = 0.9 * torch.tensor([0.5, 0.1, 0.7, 0.9]) + w_read + w_write
+    torch.testing.assert_close(new["usage"][0], usage)
+    assert new["least_used"][0].tolist() == (usage == usage.min()).float().tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, learner.out(torch.cat([h, (w_read @ memory)[None]], -1)))
+
+
+def test_mann_memory_starts_empty_for_every_sequence():
+    learner = build("mann").eval()
+    inputs = torch.randn(1, 5, learner.input_size)
+    first = learner.sequence(inputs)
+    learner.sequence(torch.randn(1, 9, learner.input_size))
+    torch.testing.assert_close(learner.sequence(inputs), first)
+
+
+# --- SNAIL's blocks -------------------------------------------------------------------------------
+def test_tc_block_dilations_cover_the_sequence():
+    block = TCBlock(4, length=26, filters=8)
+    assert [b.f.dilation for b in block.blocks] == [1, 2, 4, 8, 16]
+    assert block.channels == 4 + 5 * 8
+
+
+def test_attention_block_by_hand():
+    torch.manual_seed(0)
+    block = AttentionBlock(3, key_size=2, value_size=2)
+    x = torch.randn(1, 3, 4)
+    out = block(x)
+    seq = x[0].T
+    q, k, v = block.query(seq), block.key(seq), block.value(seq)
+    for t in range(4):  # position t attends to positions 0..t
+        weights = (q[t] @ k[:t + 1].T / math.sqrt(2)).softmax(-1)
+        torch.testing.assert_close(out[0, 3:, t], weights @ v[:t + 1])
+    torch.testing.assert_close(out[0, :3], x[0])
