@@ -39,8 +39,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "test" in summary:
         t = summary["test"]
         p = t["protocol"]
-        print(f"test: {p['dataset']} {p['split']} {p['ways']}-way {p['shots']}-shot, {t['episodes']} episodes: "
+        what = f"{p['ways']}-way {p['shots']}-shot"
+        if t.get("curve"):
+            what = f"online, {p['ways']} classes x {p['shots'] + p['queries']} presentations"
+        print(f"test: {p['dataset']} {p['split']} {what}, {t['episodes']} episodes: "
               f"{100 * t['mean']:.2f} +- {100 * t['ci95']:.2f}% (95% CI) -> {run_dir / 'result.json'}")
+        if t.get("curve"):
+            print("by presentation: " + ", ".join(f"{k + 1}: {100 * m:.2f} +- {100 * c:.2f}%"
+                                                  for k, (m, c) in enumerate(t["curve"])))
     return 0
 
 
@@ -55,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{config_path} not found: is {run_dir} a metazoo run directory?")
     config = from_dict(tomllib.loads(config_path.read_text()))
     e = config.eval
-    for key in ("split", "ways", "shots", "queries", "episodes", "seed", "bn", "checkpoint"):
+    for key in ("split", "ways", "shots", "queries", "episodes", "seed", "bn", "checkpoint", "protocol"):
         if getattr(args, key) is not None:
             setattr(e, key, getattr(args, key))
     dataset = build_dataset(config, e.split, args.data_root)
@@ -65,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learner.load_state_dict(weights["learner"])
     result = meta_test(learner, dataset, e.ways, e.shots, e.queries, e.episodes, e.seed, e.bn, device=device,
                        run_dir=run_dir, progress=not args.quiet,
-                       extra={"checkpoint": e.checkpoint, "step": weights["step"]})
+                       extra={"checkpoint": e.checkpoint, "step": weights["step"]}, protocol=e.protocol)
     print(result)
     return 0
 
@@ -127,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--bn", choices=["running", "transductive"])
     s.add_argument("--checkpoint", choices=["best", "last"])
+    s.add_argument("--protocol", choices=["episodic", "online"],
+                   help="online: MANN's protocol (sequence learners), accuracy by presentation")
     s.add_argument("--data-root")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)

@@ -55,6 +55,7 @@ class EvalConfig:
     seed: int = 1000
     bn: str = "running"  # running: BatchNorm running statistics | transductive: batch statistics
     checkpoint: str = "best"  # best | last
+    protocol: str = "episodic"  # episodic | online (MANN's protocol, sequence learners)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -14,8 +15,10 @@ from tqdm.auto import tqdm
 from .data.sampling import EpisodeSampler
 from .data.storage import atomic_write_text
 from .learners.base import Learner
+from .learners.blackbox import all_items, presentation_index
 
 BN_MODES = ("running", "transductive")
+PROTOCOLS = ("episodic", "online")
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,8 @@ class EvalResult:
 
     ``ci95`` is 1.96 * std / sqrt(episodes), with the population std of per-episode accuracies.
     ``protocol`` records everything that fixes the numbers (dataset, split, ways, shots, queries,
-    episodes, seed, BatchNorm mode).
+    episodes, seed, BatchNorm mode, evaluation protocol). ``curve`` (online protocol only) holds
+    ``[mean, ci95]`` of the accuracy at the 1st, 2nd, ... presentation of a class.
     """
 
     mean: float
@@ -33,6 +37,7 @@ class EvalResult:
     protocol: dict = field(default_factory=dict)
     loss: float = float("nan")
     seconds: float = 0.0
+    curve: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,7 +45,13 @@ class EvalResult:
     def __str__(self) -> str:
         p = self.protocol
         what = f"{p.get('dataset', '?')} {p.get('split', '?')} {p.get('ways')}-way {p.get('shots')}-shot"
-        return f"{what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} episodes"
+        if self.curve:
+            what = (f"{p.get('dataset', '?')} {p.get('split', '?')} online, {p.get('ways')} classes x "
+                    f"{p.get('shots', 0) + p.get('queries', 0)} presentations")
+        text = f"{what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} episodes"
+        if self.curve:
+            text += "; by presentation: " + " / ".join(f"{100 * m:.1f}" for m, _ in self.curve)
+        return text
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -51,45 +62,61 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate(learner: Learner, sampler: EpisodeSampler, bn: str = "running", device: torch.device | str = "cpu",
-             progress: bool = False, num_workers: int = 0) -> EvalResult:
+             progress: bool = False, num_workers: int = 0, protocol: str = "episodic") -> EvalResult:
     """Accuracy of ``learner`` on episodes ``0 .. len(sampler) - 1`` of ``sampler``.
 
     ``bn="running"`` evaluates with BatchNorm's running statistics (no information flows
     between query examples); ``bn="transductive"`` uses each batch's own statistics, as MAML's
     paper did, on a copy of the learner so its running statistics are left untouched.
+
+    ``protocol="episodic"``: adapt on the support set, classify the queries. ``"online"`` (MANN's
+    protocol, sequence learners only): all items of an episode (support and query) in a random
+    order seeded by the episode's index, each step given the previous step's label; accuracy over
+    all steps, and by presentation (the accuracy on a class's 1st, 2nd, ... item) in ``curve``.
     """
     if bn not in BN_MODES:
         raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if protocol == "online" and not hasattr(learner, "online_logits"):
+        raise ValueError(f"the online protocol needs a sequence learner (lstm, mann, snail); "
+                         f"{type(learner).__name__} is not one")
     was_training = learner.training
     model = learner.eval() if bn == "running" else copy.deepcopy(learner).train()
     loader = torch.utils.data.DataLoader(sampler, batch_size=None, shuffle=False, num_workers=num_workers)
-    accuracies, losses, start = [], [], time.perf_counter()
+    accuracies, losses, curves, start = [], [], [], time.perf_counter()
     with torch.no_grad():
         for episode in tqdm(loader, total=len(sampler), desc="eval", disable=not progress, leave=False):
             episode = episode.to(device)
-            logits = model(episode)
-            losses.append(float(model.loss(logits, episode.query.labels)))
-            accuracies.append(float((logits.argmax(-1) == episode.query.labels).float().mean()))
+            if protocol == "online":
+                order = torch.Generator().manual_seed(episode.index)
+                logits, labels = model.online_logits(all_items(episode), order)
+                index, right = presentation_index(labels), logits.argmax(-1) == labels
+                curves.append([float(right[index == k].float().mean()) for k in range(1, int(index.max()) + 1)])
+            else:
+                logits, labels = model(episode), episode.query.labels
+            losses.append(float(model.loss(logits, labels)))
+            accuracies.append(float((logits.argmax(-1) == labels).float().mean()))
     learner.train(was_training)
     mean, ci95 = mean_ci95(accuracies)
-    protocol = {**sampler.protocol(), "episodes": len(sampler), "bn": bn}
-    return EvalResult(mean, ci95, len(accuracies), protocol, sum(losses) / len(losses),
-                      time.perf_counter() - start)
+    curve = [list(mean_ci95([c[k] for c in curves])) for k in range(len(curves[0]))] if curves else []
+    settings = {**sampler.protocol(), "episodes": len(sampler), "bn": bn, "protocol": protocol}
+    return EvalResult(mean, ci95, len(accuracies), settings, sum(losses) / len(losses),
+                      time.perf_counter() - start, curve)
 
 
 def meta_test(learner: Learner, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,
               seed: int = 1000, bn: str = "running", device: torch.device | str = "cpu", run_dir=None,
-              progress: bool = False, extra: dict | None = None) -> EvalResult:
+              progress: bool = False, extra: dict | None = None, protocol: str = "episodic") -> EvalResult:
     """Evaluate ``learner`` on ``episodes`` fixed episodes of ``dataset`` (a FewShotDataset split).
 
     With ``run_dir``, the result is written to ``run_dir/result.json`` and appended to
     ``run_dir/results.jsonl``.
     """
     sampler = EpisodeSampler(dataset, ways, shots, queries, seed=seed, episodes=episodes)
-    result = evaluate(learner, sampler, bn=bn, device=device, progress=progress)
+    result = evaluate(learner, sampler, bn=bn, device=device, progress=progress, protocol=protocol)
     if extra:
-        result = EvalResult(result.mean, result.ci95, result.episodes, {**result.protocol, **extra},
-                            result.loss, result.seconds)
+        result = dataclasses.replace(result, protocol={**result.protocol, **extra})
     if run_dir is not None:
         write_result(result, Path(run_dir))
     return result

@@ -84,7 +84,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
                 _write(metrics, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
-                result = evaluate(learner, val_episodes, bn=e.bn, device=device)
+                result = evaluate(learner, val_episodes, bn=e.bn, device=device, protocol=e.protocol)
                 _write(metrics, {"step": step, "split": "val", "loss": result.loss, "accuracy": result.mean,
                                  "ci95": result.ci95, "seconds": time.perf_counter() - clock})
                 if result.mean > best["accuracy"]:
@@ -103,7 +103,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         test_set = build_dataset(config, e.split, data_root)
         result = meta_test(learner, test_set, e.ways, e.shots, e.queries, e.episodes, e.seed, e.bn,
                            device=device, run_dir=run_dir, progress=progress,
-                           extra={"checkpoint": e.checkpoint, "step": weights["step"]})
+                           extra={"checkpoint": e.checkpoint, "step": weights["step"]}, protocol=e.protocol)
         summary["test"] = result.to_dict()
     return summary
 

@@ -6,8 +6,8 @@ import torch
 
 from metazoo import create_learner
 from metazoo.episode import Episode, LabeledSet
-from metazoo.learners.blackbox import (MANN, AttentionBlock, TCBlock, cosine_weights, least_used, usage_update,
-                                       write_weights)
+from metazoo.learners.blackbox import (MANN, AttentionBlock, TCBlock, all_items, cosine_weights, least_used,
+                                       presentation_index, usage_update, write_weights)
 
 from .test_learners import BACKBONE, episode
 
@@ -156,3 +156,66 @@ def test_attention_block_by_hand():
         weights = (q[t] @ k[:t + 1].T / math.sqrt(2)).softmax(-1)
         torch.testing.assert_close(out[0, 3:, t], weights @ v[:t + 1])
     torch.testing.assert_close(out[0, :3], x[0])
+
+
+# --- MANN's protocol (online): the label of step t is an input at step t + 1 -----------------------
+def test_presentation_index_by_hand():
+    labels = torch.tensor([2, 0, 2, 1, 0, 2])
+    assert presentation_index(labels).tolist() == [1, 1, 2, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_online_steps_see_only_earlier_labels(name):
+    learner = build(name, online=True).eval()
+    items = all_items(episode(shots=2, queries=2))
+    logits, labels = learner.online_logits(items, torch.Generator().manual_seed(3))
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(3))  # step t shows item order[t]
+    t = 4  # change the label of the item shown at step t
+    changed = items.labels.clone()
+    changed[order[t]] = (changed[order[t]] + 1) % 3
+    other, other_labels = learner.online_logits(LabeledSet(items.inputs, changed, 3),
+                                                torch.Generator().manual_seed(3))
+    assert other_labels[t] != labels[t]
+    torch.testing.assert_close(other[:t + 1], logits[:t + 1])  # steps 0..t never see label t
+    assert not torch.allclose(other[t + 1:], logits[t + 1:])  # step t + 1 is given it
+
+
+def test_online_meta_loss_is_the_loss_at_every_step():
+    learner = build("lstm", online=True)
+    ep = episode(shots=2, queries=2)
+    torch.manual_seed(5)
+    loss, stats = learner.meta_loss([ep])
+    torch.manual_seed(5)
+    logits, labels = learner.online_logits(all_items(ep))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
+    assert float(stats["accuracy"]) == float((logits.argmax(-1) == labels).float().mean())
+
+
+def test_online_episodic_query_follows_the_support_with_the_last_support_label():
+    learner = build("mann", online=True).eval()
+    ep = episode()
+    steps, label = learner.context(ep.support)
+    query = learner.backbone(ep.query.inputs[:1])
+    expected = learner.sequence(torch.cat([steps, torch.cat([query, label[None]], -1)])[None])[0, -1]
+    order = learner.support_order(len(ep.support), torch.device("cpu"))
+    assert label.argmax() == ep.support.labels[order[-1]]
+    torch.testing.assert_close(learner.adapt(ep.support)(ep.query.inputs[:1])[0], expected)
+
+
+def test_online_evaluation_reports_accuracy_by_presentation():
+    from metazoo.data import EpisodeSampler
+    from metazoo.evaluate import evaluate
+
+    from .conftest import toy_dataset
+
+    learner = build("lstm", online=True)
+    sampler = EpisodeSampler(toy_dataset(class_sizes=(8,) * 5, side=16), 3, 2, 2, seed=0, episodes=4)
+    result = evaluate(learner, sampler, protocol="online")
+    assert len(result.curve) == 4 and result.protocol["protocol"] == "online"
+    # every class is shown 4 times, so the overall accuracy is the mean of the curve
+    assert abs(result.mean - sum(m for m, _ in result.curve) / 4) < 1e-9
+    assert evaluate(learner, sampler, protocol="online").curve == result.curve  # seeded order
+    with pytest.raises(ValueError, match="needs a sequence learner"):
+        evaluate(create_learner("protonet", backbone=dict(BACKBONE)), sampler, protocol="online")
+    with pytest.raises(ValueError, match="valid: episodic, online"):
+        evaluate(learner, sampler, protocol="offline")

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..episode import LabeledSet
+from typing import Sequence
+
+from ..episode import Episode, LabeledSet
 from . import LEARNERS
 from .base import Classifier, Learner
 
@@ -32,11 +34,17 @@ class SequenceLearner(Learner):
         ways: classes per episode (size of the label inputs and of the outputs).
         order_seed: seed of the support order when evaluating (eval mode); while training the
             order is drawn from torch's global generator, which the trainer seeds.
+        online: MANN's protocol. Every item of a sequence is paired with the label of the item
+            before it (a null label first), and the model predicts each item's own label. Training
+            then uses all of an episode's items (support and query, in a random order) as one
+            sequence with a loss at every step; an episodic query is the step after the support
+            set, paired with the last support label. Off: each support item is paired with its
+            own label and the query with a null label.
     """
 
-    def __init__(self, backbone: nn.Module, ways: int = 5, order_seed: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, ways: int = 5, order_seed: int = 0, online: bool = False) -> None:
         super().__init__(backbone)
-        self.ways, self.order_seed = ways, order_seed
+        self.ways, self.order_seed, self.online = ways, order_seed, online
         self.input_size = backbone.feature_size + ways
 
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -46,24 +54,71 @@ class SequenceLearner(Learner):
         generator = None if self.training else torch.Generator().manual_seed(self.order_seed)
         return torch.randperm(n, generator=generator).to(device)
 
-    def context(self, support: LabeledSet) -> torch.Tensor:
-        """The support part of the sequence view: (n, features + ways), in a random order."""
-        if support.ways != self.ways:
+    def _check(self, items: LabeledSet) -> None:
+        if items.ways != self.ways:
             raise ValueError(f"{type(self).__name__} was built for {self.ways}-way episodes (learner.ways); "
-                             f"this episode is {support.ways}-way")
-        order = self.support_order(len(support), support.inputs.device)
-        features = self.backbone(support.inputs[order])
-        return torch.cat([features, F.one_hot(support.labels[order], self.ways).to(features.dtype)], -1)
+                             f"this episode is {items.ways}-way")
+
+    def labelled(self, items: LabeledSet, order: torch.Tensor, offset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items in ``order`` as sequence steps (n, features + ways), and the label input of the step
+        after them (ways,): each item with its own label and then a null one, or (``offset``) each
+        with the label of the item before it (a null one first) and then the last label."""
+        self._check(items)
+        features = self.backbone(items.inputs[order])
+        labels = F.one_hot(items.labels[order], self.ways).to(features.dtype)
+        null = labels.new_zeros(1, self.ways)
+        if not offset:
+            return torch.cat([features, labels], -1), null[0]
+        return torch.cat([features, torch.cat([null, labels[:-1]])], -1), labels[-1]
+
+    def context(self, support: LabeledSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support part of the sequence view, in a random order, and the queries' label input."""
+        return self.labelled(support, self.support_order(len(support), support.inputs.device), self.online)
 
     def adapt(self, support: LabeledSet) -> Classifier:
-        context = self.context(support)
+        context, label = self.context(support)
 
         def classify(inputs: torch.Tensor) -> torch.Tensor:
             features = self.backbone(inputs)
-            queries = torch.cat([features, features.new_zeros(len(features), self.ways)], -1)
+            queries = torch.cat([features, label.expand(len(features), -1)], -1)
             sequences = torch.cat([context.expand(len(queries), *context.shape), queries[:, None]], 1)
             return self.sequence(sequences)[:, -1]
         return classify
+
+    def online_logits(self, items: LabeledSet,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MANN's protocol on ``items`` in a random order (from ``generator``, else torch's global
+        one): logits (n, ways) at every step, each step given the previous step's label, and the
+        labels in that order (n,)."""
+        order = torch.randperm(len(items), generator=generator).to(items.inputs.device)
+        steps, _ = self.labelled(items, order, offset=True)
+        return self.sequence(steps[None])[0], items.labels[order]
+
+    def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Episodic (the base class's), or with ``online`` the loss at every step of each episode's
+        whole sequence (support and query items together)."""
+        if not self.online:
+            return super().meta_loss(episodes)
+        losses, correct, total = [], 0, 0
+        for episode in episodes:
+            logits, labels = self.online_logits(all_items(episode))
+            losses.append(self.loss(logits, labels))
+            correct = correct + (logits.argmax(-1) == labels).sum()
+            total += len(labels)
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
+
+
+def all_items(episode: Episode) -> LabeledSet:
+    """An episode's support and query items as one labelled set."""
+    return LabeledSet(torch.cat([episode.support.inputs, episode.query.inputs]),
+                      torch.cat([episode.support.labels, episode.query.labels]), episode.ways)
+
+
+def presentation_index(labels: torch.Tensor) -> torch.Tensor:
+    """For each step, how many times its class has been shown so far, itself included (1, 2, ...)."""
+    seen = F.one_hot(labels).cumsum(0)
+    return seen.gather(1, labels[:, None])[:, 0]
 
 
 @LEARNERS.register("lstm")
@@ -71,8 +126,8 @@ class RecurrentLearner(SequenceLearner):
     """An LSTM over (embedding, label) pairs with a linear read-out: the plain black-box baseline."""
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 256, layers: int = 1,
-                 order_seed: int = 0) -> None:
-        super().__init__(backbone, ways, order_seed)
+                 order_seed: int = 0, online: bool = False) -> None:
+        super().__init__(backbone, ways, order_seed, online)
         self.lstm = nn.LSTM(self.input_size, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, ways)
 
@@ -123,8 +178,9 @@ class MANN(SequenceLearner):
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
-                 slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0) -> None:
-        super().__init__(backbone, ways, order_seed)
+                 slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
+                 online: bool = False) -> None:
+        super().__init__(backbone, ways, order_seed, online)
         self.hidden, self.slots, self.slot_size, self.heads, self.gamma = hidden, slots, slot_size, heads, gamma
         self.controller = nn.LSTMCell(self.input_size + heads * slot_size, hidden)
         self.keys = nn.Linear(hidden, heads * slot_size)
@@ -231,8 +287,8 @@ class SNAIL(SequenceLearner):
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, length: int = 26, order_seed: int = 0,
-                 filters: int = 128) -> None:
-        super().__init__(backbone, ways, order_seed)
+                 filters: int = 128, online: bool = False) -> None:
+        super().__init__(backbone, ways, order_seed, online)
         channels, layers = self.input_size, []
         for block in ("attention", 64, 32), ("tc",), ("attention", 256, 128), ("tc",), ("attention", 512, 256):
             layer = AttentionBlock(channels, *block[1:]) if block[0] == "attention" else TCBlock(channels, length,
