@@ -38,14 +38,19 @@ class Learner(nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
 
+    def scored_logits(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits meta-training scores on an episode, and their labels: the query's, unless a
+        learner's objective says otherwise (MANN's protocol scores every step of a sequence)."""
+        return self(episode), episode.query.labels
+
     def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean query loss over a meta-batch, and detached metrics (loss, accuracy)."""
         losses, correct, total = [], 0, 0
         for episode in episodes:
-            logits = self(episode)
-            losses.append(self.loss(logits, episode.query.labels))
-            correct = correct + (logits.argmax(-1) == episode.query.labels).sum()
-            total += len(episode.query)
+            logits, labels = self.scored_logits(episode)
+            losses.append(self.loss(logits, labels))
+            correct = correct + (logits.argmax(-1) == labels).sum()
+            total += len(labels)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
 

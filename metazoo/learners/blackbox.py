@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from typing import Sequence
-
 from ..episode import Episode, LabeledSet
 from . import LEARNERS
 from .base import Classifier, Learner
@@ -94,19 +92,12 @@ class SequenceLearner(Learner):
         steps, _ = self.labelled(items, order, offset=True)
         return self.sequence(steps[None])[0], items.labels[order]
 
-    def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Episodic (the base class's), or with ``online`` the loss at every step of each episode's
-        whole sequence (support and query items together)."""
+    def scored_logits(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Episodic (the query's logits), or with ``online`` every step of the episode's whole
+        sequence (support and query items together, in a random order)."""
         if not self.online:
-            return super().meta_loss(episodes)
-        losses, correct, total = [], 0, 0
-        for episode in episodes:
-            logits, labels = self.online_logits(all_items(episode))
-            losses.append(self.loss(logits, labels))
-            correct = correct + (logits.argmax(-1) == labels).sum()
-            total += len(labels)
-        loss = torch.stack(losses).mean()
-        return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
+            return super().scored_logits(episode)
+        return self.online_logits(all_items(episode))
 
 
 def all_items(episode: Episode) -> LabeledSet:
