@@ -19,6 +19,18 @@ def build_dataset(config: Config, split: str, root: str | Path | None = None) ->
     return create_dataset(config.data.dataset, split=split, root=root, **config.data.options)
 
 
+def resolve_learner_settings(config: Config, train_set: FewShotDataset) -> None:
+    """Fill, in ``config.learner``, the settings a learner takes from the run rather than the paper:
+    ``ways`` (from ``train.ways``) for learners with a ways-sized head, ``classes`` (the training
+    split's class count) for pretraining heads. The trainer calls this before writing the run's
+    ``config.toml``, so evaluating the run later builds the same learner."""
+    accepted = accepted_kwargs(LEARNERS.get_factory(config.learner.get("name", "protonet")))
+    if "ways" in accepted:
+        config.learner.setdefault("ways", config.train.ways)
+    if "classes" in accepted:
+        config.learner.setdefault("classes", train_set.num_classes)
+
+
 def build_learner(config: Config, dataset: FewShotDataset) -> Learner:
     """The configured learner; backbone input channels and image size default to the dataset's."""
     settings = dict(config.backbone)

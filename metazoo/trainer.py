@@ -7,6 +7,7 @@ across processes a matter of giving each rank its share of those episode indices
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .build import build_dataset, build_learner, build_optimizer, resolve_device
+from .build import build_dataset, build_learner, build_optimizer, resolve_device, resolve_learner_settings
 from .config import Config, dump_toml
 from .data import EpisodeSampler
 from .data.storage import atomic_save
@@ -41,9 +42,11 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         raise RunExistsError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              "or choose another run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
+    train_set, val_set = build_dataset(config, "train", data_root), build_dataset(config, "val", data_root)
+    config = copy.deepcopy(config)  # the caller's config is left as it was
+    resolve_learner_settings(config, train_set)
     (run_dir / CONFIG).write_text(dump_toml(config.to_dict()))
 
-    train_set, val_set = build_dataset(config, "train", data_root), build_dataset(config, "val", data_root)
     torch.manual_seed(t.seed)
     learner = build_learner(config, train_set).to(device)
     optimizer, scheduler = build_optimizer(config, learner)

@@ -1,0 +1,104 @@
+"""Transfer baselines: Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, ICLR 2019).
+
+Pretraining is ordinary classification over all meta-training classes; at test time the backbone
+is frozen and a new classifier is fitted on each episode's support set.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..episode import Episode, LabeledSet
+from . import LEARNERS
+from .base import Classifier, Learner
+
+
+class CosineClassifier(nn.Module):
+    """Baseline++'s classifier: ``scale * cos(features, w_c)`` for each class weight vector ``w_c``."""
+
+    def __init__(self, features: int, classes: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, features))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's initialisation
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+def cosine_scale(classes: int) -> float:
+    """Chen et al.'s temperature: 2 for up to 200 classes, 10 beyond."""
+    return 2.0 if classes <= 200 else 10.0
+
+
+class FittedHead:
+    """The frozen backbone followed by a head fitted on one support set."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        self.backbone, self.head = backbone, head
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(inputs))
+
+
+@LEARNERS.register("baseline")
+class Baseline(Learner):
+    """Baseline (``cosine=False``) and Baseline++ (``cosine=True``) of Chen et al. 2019.
+
+    Meta-training is plain classification: every image of a training episode is labelled with its
+    dataset class (``episode.classes``), and a head over all ``classes`` training classes (linear,
+    or cosine for Baseline++) is trained with the backbone by cross-entropy; episodes are simply
+    class-balanced mini-batches, so the one trainer runs it unchanged. ``adapt`` freezes the
+    backbone, embeds the support set and fits a new head of ``ways`` outputs on it: ``epochs``
+    passes over the support set in mini-batches of ``batch_size`` with SGD (``lr``, momentum 0.9,
+    weight decay ``weight_decay``), as the paper's fine-tuning; the head's initial weights and the
+    mini-batch order come from a generator seeded with ``seed``, so evaluation is deterministic.
+
+    Args:
+        classes: number of training classes (filled from the training split by the trainer).
+        cosine: Baseline++ (cosine classifiers, pretraining and test-time).
+    """
+
+    def __init__(self, backbone: nn.Module, classes: int = 64, cosine: bool = False, epochs: int = 100,
+                 batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> None:
+        super().__init__(backbone)
+        self.classes, self.cosine = classes, cosine
+        self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+        self.head = self.new_head(classes)
+
+    def new_head(self, classes: int) -> nn.Module:
+        size = self.backbone.feature_size
+        return CosineClassifier(size, classes, cosine_scale(classes)) if self.cosine else nn.Linear(size, classes)
+
+    def scored_logits(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pretraining: all of the episode's images against their dataset classes."""
+        if len(episode.classes) != episode.ways:
+            raise ValueError("Baseline pretraining needs episode.classes (the dataset class of each label)")
+        inputs = torch.cat([episode.support.inputs, episode.query.inputs])
+        labels = episode.classes.to(inputs.device)[torch.cat([episode.support.labels, episode.query.labels])]
+        if int(labels.max()) >= self.classes:
+            raise ValueError(f"class {int(labels.max())} is outside the pretraining head's {self.classes} classes "
+                             "(learner.classes: the training split's class count)")
+        return self.head(self.backbone(inputs)), labels
+
+    def adapt(self, support: LabeledSet) -> Classifier:
+        with torch.no_grad():
+            features = self.backbone(support.inputs)
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            head = self.new_head(support.ways).to(features.device, features.dtype)
+        optimizer = torch.optim.SGD(head.parameters(), lr=self.lr, momentum=0.9, dampening=0.9,
+                                    weight_decay=self.weight_decay)
+        with torch.enable_grad():
+            for _ in range(self.epochs):
+                order = torch.randperm(len(support), generator=generator).to(features.device)
+                for start in range(0, len(support), self.batch_size):
+                    batch = order[start:start + self.batch_size]
+                    loss = F.cross_entropy(head(features[batch]), support.labels[batch])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+        head.requires_grad_(False)
+        return FittedHead(self.backbone, head)
