@@ -1,0 +1,116 @@
+"""The multi-task toolkit's maths: conditioning modules, task weightings, soft sharing, by hand."""
+import pytest
+import torch
+from torch import nn
+
+from metazoo.multitask import (FiLM, Additive, Concat, DynamicWeightAverage, Multiplicative, StaticWeights,
+                               UncertaintyWeights, additive_from_concat, soft_sharing_penalty)
+
+
+def test_concatenation_then_linear_equals_additive_conditioning():
+    torch.manual_seed(0)
+    concat = Concat(5, 3, 4)
+    additive = additive_from_concat(concat)
+    x, z = torch.randn(6, 5), torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    torch.testing.assert_close(additive(x, z), concat(x, z))
+    z = torch.randn(6, 3)  # a metadata vector instead of a one-hot index: the same identity
+    torch.testing.assert_close(additive(x, z), concat(x, z))
+
+
+def _set(linear, weight, bias=None):
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        if bias is not None:
+            linear.bias.copy_(torch.tensor(bias))
+
+
+def test_each_conditioning_by_hand():
+    x, z = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 1.0]])  # task 1 of 2
+    # W x + b = [1*1 + 0*2 + 0.5, 1*1 + 1*2 - 1] = [1.5, 2.0]
+    W, b = [[1.0, 0.0], [1.0, 1.0]], [0.5, -1.0]
+    G = [[1.0, 3.0], [1.0, -2.0]]  # G z = task 1's column: [3, -2]
+    U = [[0.0, 10.0], [0.0, 20.0]]  # U z = [10, 20]
+    additive = Additive(2, 2, 2)
+    _set(additive.linear, W, b)
+    _set(additive.shift, U)
+    torch.testing.assert_close(additive(x, z), torch.tensor([[11.5, 22.0]]))
+    gating = Multiplicative(2, 2, 2)
+    _set(gating.linear, W, b)
+    _set(gating.gate, G)
+    torch.testing.assert_close(gating(x, z), torch.tensor([[4.5, -4.0]]))
+    film = FiLM(2, 2, 2)
+    _set(film.linear, W, b)
+    _set(film.gate, G)
+    _set(film.shift, U)
+    torch.testing.assert_close(film(x, z), torch.tensor([[14.5, 16.0]]))
+    concat = Concat(2, 2, 1)
+    _set(concat.linear, [[1.0, 1.0, 5.0, 7.0]], [0.25])
+    torch.testing.assert_close(concat(x, z), torch.tensor([[1.0 + 2.0 + 7.0 + 0.25]]))
+
+
+def test_gating_and_film_start_as_the_plain_layer_for_one_hot_descriptors():
+    torch.manual_seed(0)
+    x, z = torch.randn(4, 3), torch.eye(2)[torch.tensor([0, 1, 1, 0])]
+    for module in (Multiplicative(3, 2, 5), FiLM(3, 2, 5)):
+        torch.testing.assert_close(module(x, z), module.linear(x))
+
+
+def test_static_weights():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    assert float(StaticWeights(3)(losses)) == 7.0
+    assert float(StaticWeights(3, [0.5, 0.25, 0.0])(losses)) == 1.0
+    with pytest.raises(ValueError, match="2 weights for 3 tasks"):
+        StaticWeights(3, [1.0, 1.0])
+
+
+def test_uncertainty_weighting_finds_the_known_optimum():
+    # for fixed losses the optimum is s_i = log(2 c_i L_i): c = 1 (classification), 1/2 (regression)
+    weighting = UncertaintyWeights(["classification", "classification", "regression"])
+    losses = torch.tensor([0.5, 2.0, 3.0])
+    optimizer = torch.optim.Adam(weighting.parameters(), lr=0.05)
+    for _ in range(2000):
+        optimizer.zero_grad()
+        weighting(losses).backward()
+        optimizer.step()
+    expected = torch.log(2 * torch.tensor([1.0, 1.0, 0.5]) * losses)
+    torch.testing.assert_close(weighting.log_variance.detach(), expected, atol=1e-3, rtol=0)
+    # the noisier task gets the smaller weight: c exp(-s) = 1 / (2 L)
+    torch.testing.assert_close(weighting.weights(), 1 / (2 * losses), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="valid: classification, regression"):
+        UncertaintyWeights(["ranking"])
+
+
+def test_dynamic_weight_average_by_hand():
+    dwa = DynamicWeightAverage(2, temperature=2.0)
+    losses = [torch.tensor([1.0, 1.0]), torch.tensor([0.5, 1.0]), torch.tensor([0.25, 0.8])]
+    # the first two steps: equal weights
+    assert float(dwa(losses[0])) == 2.0
+    assert float(dwa(losses[1])) == 1.5
+    # then rates r = L(t-1) / L(t-2) = [0.5, 1.0]; w = 2 * softmax(r / 2)
+    w = 2 * torch.softmax(torch.tensor([0.25, 0.5]), 0)
+    torch.testing.assert_close(dwa.weights(), w)
+    torch.testing.assert_close(dwa(losses[2]), (w * losses[2]).sum())
+    assert w[1] > w[0]  # the task whose loss falls more slowly gets more weight
+
+
+def test_dynamic_weight_average_uses_period_means():
+    dwa = DynamicWeightAverage(2, period=2)
+    for loss in ([2.0, 1.0], [4.0, 1.0], [1.0, 1.0], [2.0, 3.0]):
+        dwa(torch.tensor(loss))
+    torch.testing.assert_close(dwa.history, torch.tensor([[3.0, 1.0], [1.5, 2.0]]))
+
+
+def test_soft_sharing_penalty_and_its_gradient_by_hand():
+    torch.manual_seed(0)
+    nets = [nn.Linear(3, 2) for _ in range(3)]
+    penalty = soft_sharing_penalty(nets, weight=0.1)
+    flat = [torch.cat([p.detach().flatten() for p in net.parameters()]) for net in nets]
+    expected = 0.1 * sum((flat[i] - flat[j]).pow(2).sum() for i in range(3) for j in range(i + 1, 3))
+    torch.testing.assert_close(penalty, expected)
+    penalty.backward()
+    for i, net in enumerate(nets):
+        grad = torch.cat([p.grad.flatten() for p in net.parameters()])
+        torch.testing.assert_close(grad, 2 * 0.1 * sum(flat[i] - flat[j] for j in range(3) if j != i))
+    assert float(soft_sharing_penalty(nets, 0.0).detach()) == 0.0
+    with pytest.raises(ValueError, match="same architecture"):
+        soft_sharing_penalty([nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))], 1.0)
