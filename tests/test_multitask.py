@@ -114,3 +114,114 @@ def test_soft_sharing_penalty_and_its_gradient_by_hand():
     assert float(soft_sharing_penalty(nets, 0.0).detach()) == 0.0
     with pytest.raises(ValueError, match="same architecture"):
         soft_sharing_penalty([nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))], 1.0)
+
+
+class Trunk(nn.Sequential):
+    feature_size = 4
+
+    def __init__(self):
+        super().__init__(nn.Flatten(), nn.Linear(6, 4), nn.ReLU())
+
+
+@pytest.mark.parametrize("sharing", ["concat", "additive", "multiplicative", "film", "multihead", "independent"])
+def test_multitask_net_shapes_and_what_each_task_shares(sharing):
+    from metazoo.multitask.model import MultiTaskNet
+
+    torch.manual_seed(0)
+    net = MultiTaskNet(Trunk(), outputs=[3, 5, 1], sharing=sharing, hidden=8)
+    x = torch.randn(7, 6)
+    assert [tuple(net(x, t).shape) for t in range(3)] == [(7, 3), (7, 5), (7, 1)]
+    net(x, 1).sum().backward()  # task 1's loss alone
+    touched = {name for name, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "heads.1.weight" in touched and "heads.0.weight" not in touched
+    if sharing == "independent":
+        assert any(n.startswith("towers.1.") for n in touched)
+        assert not any(n.startswith(("towers.0.", "towers.2.")) for n in touched)
+        assert not torch.equal(net.towers[0][0][1].weight, net.towers[1][0][1].weight)
+    else:
+        assert "trunk.1.weight" in touched  # the trunk is shared
+
+
+def test_conditioned_net_uses_the_task_descriptor():
+    from metazoo.multitask.model import MultiTaskNet
+
+    torch.manual_seed(0)
+    net = MultiTaskNet(Trunk(), outputs=[2, 2], sharing="additive", hidden=8)
+    with torch.no_grad():
+        net.heads[1].load_state_dict(net.heads[0].state_dict())  # the same output layer for both tasks
+        net.conditioning.shift.weight.normal_()
+    x = torch.randn(5, 6)
+    assert not torch.allclose(net(x, 0), net(x, 1))  # only z differs
+    with pytest.raises(ValueError, match="valid: concat, additive, multiplicative, film, multihead, independent"):
+        MultiTaskNet(Trunk(), outputs=[2], sharing="shared")
+
+
+# --- tasks as data (Omniglot) ---------------------------------------------------------------------
+def omniglot_like():
+    from metazoo.data.base import FewShotDataset
+
+    names = [f"{a}/character0{c}/rot{r:03d}" for a, chars in (("Alpha", 2), ("Beta", 1)) for c in range(1, chars + 1)
+             for r in (0, 90)]  # 6 classes: Alpha has 2 characters x 2 rotations, Beta 1 x 2
+    images = torch.arange(6 * 10, dtype=torch.uint8).view(60, 1, 1, 1).expand(60, 1, 2, 2).contiguous()
+    return FewShotDataset(images, [10] * 6, names, "omniglot", "train")
+
+
+def test_alphabet_tasks_by_hand():
+    from metazoo.multitask.tasks import alphabet_tasks
+
+    tasks = alphabet_tasks(omniglot_like())
+    expected = [("Alpha", 4, "classification"), ("Beta", 2, "classification")]
+    assert [(t.name, t.outputs, t.loss) for t in tasks.tasks] == expected
+    assert tasks.items[1].tolist() == list(range(40, 60))
+    assert tasks.targets[0].tolist() == [c for c in range(4) for _ in range(10)]
+    assert tasks.targets[1].tolist() == [0] * 10 + [1] * 10
+
+
+def test_attribute_tasks_share_inputs_with_different_labels_and_losses():
+    from metazoo.multitask.tasks import attribute_tasks
+
+    data = omniglot_like()
+    tasks = attribute_tasks(data)
+    assert [(t.name, t.outputs, t.loss) for t in tasks.tasks] == [
+        ("character", 3, "classification"), ("alphabet", 2, "classification"), ("rotation", 2, "classification"),
+        ("ink", 1, "regression")]
+    image = 45  # class 4: Beta/character01/rot000
+    assert [int(tasks.targets[t][image]) for t in range(3)] == [2, 1, 0]
+    ink = data.to_float(data.images).mean((1, 2, 3))
+    torch.testing.assert_close(tasks.targets[3][:, 0], (ink - ink.mean()) / ink.std())
+
+
+def test_holdout_parts_split_every_class_and_keep_targets_aligned():
+    from metazoo.multitask.tasks import alphabet_tasks
+
+    tasks = alphabet_tasks(omniglot_like())
+    parts = [tasks.holdout(p) for p in ("train", "val", "test")]
+    for t in range(2):
+        pieces = [p.items[t] for p in parts]
+        assert sorted(torch.cat(pieces).tolist()) == tasks.items[t].tolist()  # a partition
+        assert [len(p) for p in pieces] == [7 * tasks.tasks[t].outputs, 2 * tasks.tasks[t].outputs,
+                                            1 * tasks.tasks[t].outputs]  # 10 images per class: 7 / 1.5 -> 2 / 1
+        for p in parts:  # targets still belong to their images
+            lookup = dict(zip(tasks.items[t].tolist(), tasks.targets[t].tolist()))
+            assert p.targets[t].tolist() == [lookup[i] for i in p.items[t].tolist()]
+    with pytest.raises(ValueError, match="valid: train, val, test"):
+        tasks.holdout("dev")
+
+
+def test_task_batch_sampler_is_seeded_and_draws_distinct_tasks():
+    from metazoo.multitask.tasks import TaskBatchSampler, alphabet_tasks
+
+    tasks = alphabet_tasks(omniglot_like())
+    sampler = TaskBatchSampler(tasks, tasks_per_batch=2, batch_size=5, seed=3, batches=10)
+    batch = sampler[4]
+    assert sorted(b.task for b in batch) == [0, 1]
+    for b in batch:
+        assert b.inputs.shape == (5, 1, 2, 2) and b.targets.shape == (5,)
+        # the image value encodes its index (mod 256): targets match the images they came with
+        index = (b.inputs[:, 0, 0, 0] * 255).round().long()
+        lookup = dict(zip(tasks.items[b.task].tolist(), tasks.targets[b.task].tolist()))
+        assert b.targets.tolist() == [lookup[int(i)] for i in index]
+    again = TaskBatchSampler(tasks, 2, 5, seed=3, batches=10)[4]
+    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(batch, again))
+    with pytest.raises(ValueError, match="task 'Beta' has 20 items"):
+        TaskBatchSampler(tasks, 1, 25)

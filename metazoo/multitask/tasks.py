@@ -1,0 +1,169 @@
+"""Tasks as data: ``T_i = (inputs, labels, loss)`` with a descriptor ``z_i``, over one image split.
+
+A :class:`TaskSet` holds, for each task, the dataset images it uses and their targets. Two
+Omniglot task sets (class names are ``alphabet/character/rotation``):
+
+- :func:`alphabet_tasks`: multi-task classification, different inputs and labels per task: task
+  i classifies the characters (with rotations) of alphabet i;
+- :func:`attribute_tasks`: multi-label learning, the same inputs with different labels per task:
+  character, alphabet and rotation classification, plus a regression target (the image's ink,
+  its mean intensity, standardised) so that tasks with different losses share one model.
+
+Multi-task learning is tested on held-out images of the same tasks: :meth:`TaskSet.holdout`
+splits every class's images into train / val / test parts with a seeded permutation.
+:class:`TaskBatchSampler` draws what one optimisation step uses: a mini-batch of tasks and a
+mini-batch of data per task, batch ``i`` a pure function of ``(seed, i)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.base import FewShotDataset
+from ..data.sampling import episode_seed
+
+LOSSES = ("classification", "regression")
+PARTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    outputs: int  # classes, or the size of a regression target
+    loss: str = "classification"
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A mini-batch of one task's data."""
+
+    task: int
+    inputs: torch.Tensor
+    targets: torch.Tensor  # class indices (long) or regression targets (float, (n, outputs))
+
+
+class TaskSet:
+    """``tasks[i]`` uses images ``items[i]`` (indices into ``dataset``) with targets ``targets[i]``.
+
+    ``descriptors`` (T, k): each task's ``z`` (default one-hot). ``part`` (n images,) assigns every
+    image of the dataset to a held-out part (0 train, 1 val, 2 test).
+    """
+
+    def __init__(self, dataset: FewShotDataset, tasks: list[Task], items: list[torch.Tensor],
+                 targets: list[torch.Tensor], descriptors: torch.Tensor | None = None,
+                 fractions: tuple[float, float] = (0.7, 0.15), seed: int = 0) -> None:
+        if not len(tasks) == len(items) == len(targets):
+            raise ValueError(f"{len(tasks)} tasks, {len(items)} item lists, {len(targets)} target lists")
+        for task in tasks:
+            if task.loss not in LOSSES:
+                raise ValueError(f"task {task.name!r}: unknown loss {task.loss!r}; valid: {', '.join(LOSSES)}")
+        self.dataset, self.tasks, self.items, self.targets = dataset, tasks, items, targets
+        self.descriptors = torch.eye(len(tasks)) if descriptors is None else descriptors
+        self.part = _holdout_parts(dataset, fractions, seed)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def holdout(self, part: str) -> "TaskSet":
+        """The same tasks restricted to the images of one held-out part."""
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")
+        code = PARTS.index(part)
+        out = object.__new__(TaskSet)
+        out.__dict__.update(self.__dict__)
+        keep = [self.part[i] == code for i in self.items]
+        out.items = [i[k] for i, k in zip(self.items, keep)]
+        out.targets = [t[k] for t, k in zip(self.targets, keep)]
+        return out
+
+    def batch(self, task: int, positions: torch.Tensor) -> TaskBatch:
+        """Task ``task``'s items at ``positions`` (into ``items[task]``) as float inputs and targets."""
+        images = self.dataset.images.index_select(0, self.items[task][positions])
+        return TaskBatch(task, self.dataset.to_float(images), self.targets[task][positions])
+
+
+def _holdout_parts(dataset: FewShotDataset, fractions: tuple[float, float], seed: int) -> torch.Tensor:
+    """Per image: 0, 1 or 2 (train, val, test), splitting each class's images by a seeded permutation."""
+    part = torch.empty(len(dataset), dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    for c in range(dataset.num_classes):
+        start, size = int(dataset.class_offsets[c]), int(dataset.class_sizes[c])
+        train, val = round(fractions[0] * size), round(fractions[1] * size)
+        codes = torch.cat([torch.zeros(train), torch.ones(val), torch.full((size - train - val,), 2.0)]).long()
+        part[start:start + size] = codes[torch.randperm(size, generator=generator)]
+    return part
+
+
+def _parse(dataset: FewShotDataset) -> list[tuple[str, str, str]]:
+    parts = [name.split("/") for name in dataset.class_names]
+    if any(len(p) != 3 for p in parts):
+        raise ValueError(f"{dataset.name} class names are not alphabet/character/rotation "
+                         f"(e.g. {dataset.class_names[0]!r}): these task sets need Omniglot")
+    return [tuple(p) for p in parts]
+
+
+def _class_of_image(dataset: FewShotDataset) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(dataset.num_classes), dataset.class_sizes)
+
+
+def alphabet_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
+    """One task per alphabet: classify its characters (each rotation a class, as in the split)."""
+    names = _parse(dataset)
+    alphabets = list(dict.fromkeys(a for a, _, _ in names))
+    image_class = _class_of_image(dataset)
+    tasks, items, targets = [], [], []
+    for alphabet in alphabets:
+        classes = torch.tensor([c for c, (a, _, _) in enumerate(names) if a == alphabet])
+        local = torch.full((dataset.num_classes,), -1, dtype=torch.long)
+        local[classes] = torch.arange(len(classes))
+        images = torch.nonzero(local[image_class] >= 0)[:, 0]
+        tasks.append(Task(alphabet, len(classes)))
+        items.append(images)
+        targets.append(local[image_class[images]])
+    return TaskSet(dataset, tasks, items, targets, **holdout)
+
+
+def attribute_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
+    """The same images, four labels each: character, alphabet, rotation (classification) and ink (regression)."""
+    names = _parse(dataset)
+    image_class = _class_of_image(dataset)
+    every = torch.arange(len(dataset))
+    tasks, targets = [], []
+    keys_by_task = {"character": [f"{a}/{c}" for a, c, _ in names], "alphabet": [a for a, _, _ in names],
+                    "rotation": [r for _, _, r in names]}
+    for name, keys in keys_by_task.items():  # each class's label for the task, in first-seen order
+        values = list(dict.fromkeys(keys))
+        index = torch.tensor([values.index(key) for key in keys])
+        tasks.append(Task(name, len(values)))
+        targets.append(index[image_class])
+    ink = dataset.to_float(dataset.images).mean((1, 2, 3))
+    tasks.append(Task("ink", 1, "regression"))
+    targets.append(((ink - ink.mean()) / ink.std())[:, None])
+    return TaskSet(dataset, tasks, [every] * len(tasks), targets, **holdout)
+
+
+class TaskBatchSampler:
+    """Batch ``i``: ``tasks_per_batch`` distinct tasks and ``batch_size`` of each one's items,
+    drawn without replacement by a generator seeded with ``(seed, i)``."""
+
+    def __init__(self, taskset: TaskSet, tasks_per_batch: int, batch_size: int, seed: int = 0,
+                 batches: int = 1_000_000_000) -> None:
+        if not 1 <= tasks_per_batch <= len(taskset):
+            raise ValueError(f"tasks_per_batch={tasks_per_batch}, but there are {len(taskset)} tasks")
+        small = [(t.name, len(i)) for t, i in zip(taskset.tasks, taskset.items) if len(i) < batch_size]
+        if small:
+            raise ValueError(f"batch_size={batch_size}, but task {small[0][0]!r} has {small[0][1]} items")
+        self.taskset, self.tasks_per_batch, self.batch_size = taskset, tasks_per_batch, batch_size
+        self.seed, self.batches = seed, batches
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, index: int) -> list[TaskBatch]:
+        if not 0 <= index < self.batches:
+            raise IndexError(index)
+        generator = torch.Generator().manual_seed(episode_seed(self.seed, index))
+        tasks = torch.randperm(len(self.taskset), generator=generator)[:self.tasks_per_batch]
+        return [self.taskset.batch(int(t), torch.randperm(len(self.taskset.items[t]), generator=generator)
+                                   [:self.batch_size]) for t in tasks]
