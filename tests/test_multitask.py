@@ -1,4 +1,6 @@
 """The multi-task toolkit's maths: conditioning modules, task weightings, soft sharing, by hand."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -98,6 +100,22 @@ def test_dynamic_weight_average_uses_period_means():
     for loss in ([2.0, 1.0], [4.0, 1.0], [1.0, 1.0], [2.0, 3.0]):
         dwa(torch.tensor(loss))
     torch.testing.assert_close(dwa.history, torch.tensor([[3.0, 1.0], [1.5, 2.0]]))
+
+
+def test_weightings_over_a_mini_batch_of_tasks():
+    losses, tasks = torch.tensor([2.0, 4.0]), torch.tensor([2, 0])
+    assert float(StaticWeights(3, [0.5, 1.0, 0.25])(losses, tasks)) == 0.25 * 2.0 + 0.5 * 4.0
+    uncertainty = UncertaintyWeights(["classification", "regression", "classification"])
+    with torch.no_grad():
+        uncertainty.log_variance.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    expected = (math.exp(-2.0) * 2.0 + 1.0) + (1.0 * 4.0 + 0.0)
+    assert abs(float(uncertainty(losses, tasks).detach()) - expected) < 1e-6
+    dwa = DynamicWeightAverage(3)
+    dwa(torch.tensor([1.0, 1.0, 1.0]))
+    dwa(torch.tensor([0.5, 2.0]), torch.tensor([0, 1]))  # task 2 absent: keeps its history
+    dwa(torch.tensor([0.25]), torch.tensor([0]))
+    torch.testing.assert_close(dwa.history, torch.tensor([[0.5, 1.0, float("nan")], [0.25, 2.0, 1.0]]),
+                               equal_nan=True)
 
 
 def test_soft_sharing_penalty_and_its_gradient_by_hand():

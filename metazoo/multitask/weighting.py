@@ -1,8 +1,9 @@
 """The multi-task objective ``sum_i w_i L_i`` and how the weights ``w_i`` are chosen.
 
-Each weighting is a module called once per optimisation step with the tasks' losses (T,) and
-returning the scalar objective; ``weights()`` gives the current ``w_i`` for logging. Learned
-weights (uncertainty) are parameters the trainer's optimiser updates with the network's.
+Each weighting is a module called once per optimisation step with the losses of the tasks in the
+step's mini-batch of tasks, ``weighting(losses, tasks)`` (``tasks``: their indices, default all
+T), returning the scalar objective; ``weights()`` gives the current ``w_i`` of all T tasks.
+Learned weights (uncertainty) are parameters the trainer's optimiser updates with the network's.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ class StaticWeights(nn.Module):
     def weights(self) -> torch.Tensor:
         return self.w
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.w * losses).sum()
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        return (_pick(self.w, tasks) * losses).sum()
 
 
 class UncertaintyWeights(nn.Module):
@@ -49,8 +50,9 @@ class UncertaintyWeights(nn.Module):
     def weights(self) -> torch.Tensor:
         return (self.c * torch.exp(-self.log_variance)).detach()
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.c * torch.exp(-self.log_variance) * losses + 0.5 * self.log_variance).sum()
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        c, s = _pick(self.c, tasks), _pick(self.log_variance, tasks)
+        return (c * torch.exp(-s) * losses + 0.5 * s).sum()
 
 
 class DynamicWeightAverage(nn.Module):
@@ -58,16 +60,18 @@ class DynamicWeightAverage(nn.Module):
 
     ``w_i(t) = T * softmax_i(r_i(t - 1) / temperature)`` with ``r_i(t - 1) = L_i(t - 1) / L_i(t - 2)``,
     the rate at which task i's loss has been falling (T tasks); a task whose loss falls more slowly
-    gets more weight. ``L_i(t)`` is the mean loss over a period of ``period`` steps (the paper
-    uses epochs); the first two periods use equal weights.
+    gets more weight. ``L_i(t)`` is task i's mean loss over a period of ``period`` steps (the paper
+    uses epochs; a task absent from a period keeps its last value); equal weights until every
+    task has two periods of history.
     """
 
     def __init__(self, tasks: int, temperature: float = 2.0, period: int = 1) -> None:
         super().__init__()
         self.tasks, self.temperature, self.period = tasks, temperature, period
         self.register_buffer("history", torch.full((2, tasks), float("nan")))  # L(t - 2), L(t - 1)
-        self.register_buffer("running", torch.zeros(tasks))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("sums", torch.zeros(tasks))
+        self.register_buffer("counts", torch.zeros(tasks))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def weights(self) -> torch.Tensor:
         if torch.isnan(self.history).any():
@@ -75,16 +79,26 @@ class DynamicWeightAverage(nn.Module):
         rates = self.history[1] / self.history[0]
         return self.tasks * torch.softmax(rates / self.temperature, 0)
 
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        total = (self.weights() * losses).sum()
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+        total = (_pick(self.weights(), tasks) * losses).sum()
         with torch.no_grad():  # book-keeping for the next periods
-            self.running += losses.detach()
-            self.count += 1
-            if int(self.count) == self.period:
-                self.history.copy_(torch.stack([self.history[1], self.running / self.period]))
-                self.running.zero_()
-                self.count.zero_()
+            index = torch.arange(self.tasks, device=losses.device) if tasks is None else tasks
+            self.sums.index_add_(0, index, losses.detach())
+            self.counts.index_add_(0, index, torch.ones_like(losses))
+            self.steps += 1
+            if int(self.steps) == self.period:
+                seen = self.counts > 0
+                latest = torch.where(seen, self.sums / self.counts.clamp_min(1), self.history[1])
+                self.history[0] = torch.where(seen, self.history[1], self.history[0])
+                self.history[1] = latest
+                self.sums.zero_()
+                self.counts.zero_()
+                self.steps.zero_()
         return total
+
+
+def _pick(values: torch.Tensor, tasks: torch.Tensor | None) -> torch.Tensor:
+    return values if tasks is None else values[tasks]
 
 
 WEIGHTINGS = {"static": StaticWeights, "uncertainty": UncertaintyWeights, "dwa": DynamicWeightAverage}
