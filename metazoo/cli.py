@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tomllib
 from pathlib import Path
@@ -27,6 +28,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .evaluate import EvalResult
     from .trainer import meta_train
 
     config = load_config(args.config, args.set)
@@ -39,6 +41,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "test" in summary:
         t = summary["test"]
         p = t["protocol"]
+        if t.get("tasks"):
+            print(f"test: {EvalResult(**t)} -> {run_dir / 'result.json'}")
+            for name, metric in t["tasks"].items():
+                value = (f"{100 * metric['accuracy']:.2f} +- {100 * metric['ci95']:.2f}%" if "accuracy" in metric
+                         else f"mse {metric['mse']:.4f}")
+                print(f"  {name}: {value} ({metric['items']} images)")
+            return 0
         what = f"{p['ways']}-way {p['shots']}-shot"
         if t.get("curve"):
             what = f"online, {p['ways']} classes x {p['shots'] + p['queries']} presentations"
@@ -51,9 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .build import build_dataset, build_learner, resolve_device
+    from .build import build_dataset, build_evaluation_sampler, build_learner, resolve_device
     from .config import from_dict
-    from .evaluate import meta_test
+    from .evaluate import evaluate, write_result
 
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.toml"
@@ -64,14 +73,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in ("split", "ways", "shots", "queries", "episodes", "seed", "bn", "checkpoint", "protocol"):
         if getattr(args, key) is not None:
             setattr(e, key, getattr(args, key))
-    dataset = build_dataset(config, e.split, args.data_root)
+    sampler = build_evaluation_sampler(config, "test", args.data_root)
     device = resolve_device(config.train.device)
-    learner = build_learner(config, dataset).to(device)
+    learner = build_learner(config, build_dataset(config, e.split, args.data_root)).to(device)
     weights = torch.load(run_dir / f"{e.checkpoint}.pt", map_location=device, weights_only=False)
     learner.load_state_dict(weights["learner"])
-    result = meta_test(learner, dataset, e.ways, e.shots, e.queries, e.episodes, e.seed, e.bn, device=device,
-                       run_dir=run_dir, progress=not args.quiet,
-                       extra={"checkpoint": e.checkpoint, "step": weights["step"]}, protocol=e.protocol)
+    result = evaluate(learner, sampler, bn=e.bn, device=device, progress=not args.quiet, protocol=e.protocol)
+    result = dataclasses.replace(result, protocol={**result.protocol, "checkpoint": e.checkpoint,
+                                                   "step": weights["step"]})
+    write_result(result, run_dir)
     print(result)
     return 0
 
@@ -133,8 +143,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--bn", choices=["running", "transductive"])
     s.add_argument("--checkpoint", choices=["best", "last"])
-    s.add_argument("--protocol", choices=["episodic", "online"],
-                   help="online: MANN's protocol (sequence learners), accuracy by presentation")
+    s.add_argument("--protocol", choices=["episodic", "online", "multitask"],
+                   help="online: MANN's protocol (sequence learners), accuracy by presentation; multitask: the "
+                        "held-out images of a multi-task run's tasks (episodic on such a run: few-shot transfer)")
     s.add_argument("--data-root")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)

@@ -55,7 +55,15 @@ class EvalConfig:
     seed: int = 1000
     bn: str = "running"  # running: BatchNorm running statistics | transductive: batch statistics
     checkpoint: str = "best"  # best | last
-    protocol: str = "episodic"  # episodic | online (MANN's protocol, sequence learners)
+    protocol: str = "episodic"  # episodic | online (MANN's protocol) | multitask (held-out images of the tasks)
+
+
+@dataclass
+class MultitaskConfig:
+    tasks: str = ""  # "": few-shot episodes | alphabets | attributes (Omniglot task sets, docs/multitask.md)
+    items_per_task: int = 16  # data mini-batch per task; train.meta_batch_size tasks per step
+    holdout: list = field(default_factory=lambda: [0.7, 0.15])  # train and val fractions of each class's images
+    eval_batch: int = 256
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,17 +18,20 @@ from .learners.base import Learner
 from .learners.blackbox import all_items, presentation_index
 
 BN_MODES = ("running", "transductive")
-PROTOCOLS = ("episodic", "online")
+PROTOCOLS = ("episodic", "online", "multitask")
 
 
 @dataclass(frozen=True)
 class EvalResult:
     """Accuracy over a fixed set of episodes; ``mean`` and ``ci95`` are fractions (0..1).
 
-    ``ci95`` is 1.96 * std / sqrt(episodes), with the population std of per-episode accuracies.
+    ``ci95`` is 1.96 * std / sqrt(episodes), with the population std of per-episode accuracies
+    (multitask protocol: over tasks, ``episodes`` being the number of classification tasks).
     ``protocol`` records everything that fixes the numbers (dataset, split, ways, shots, queries,
     episodes, seed, BatchNorm mode, evaluation protocol). ``curve`` (online protocol only) holds
-    ``[mean, ci95]`` of the accuracy at the 1st, 2nd, ... presentation of a class.
+    ``[mean, ci95]`` of the accuracy at the 1st, 2nd, ... presentation of a class; ``tasks``
+    (multitask protocol only) maps each task to its metric on its held-out images: ``accuracy``
+    with a binomial 95% interval for classification, ``mse`` for regression, and ``items``.
     """
 
     mean: float
@@ -38,6 +41,7 @@ class EvalResult:
     loss: float = float("nan")
     seconds: float = 0.0
     curve: list = field(default_factory=list)
+    tasks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +52,10 @@ class EvalResult:
         if self.curve:
             what = (f"{p.get('dataset', '?')} {p.get('split', '?')} online, {p.get('ways')} classes x "
                     f"{p.get('shots', 0) + p.get('queries', 0)} presentations")
+        if self.tasks:
+            return (f"{p.get('dataset', '?')} {p.get('split', '?')} multi-task, held-out {p.get('part')} images: "
+                    f"mean accuracy {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} "
+                    f"classification tasks")
         text = f"{what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} episodes"
         if self.curve:
             text += "; by presentation: " + " / ".join(f"{100 * m:.1f}" for m, _ in self.curve)
@@ -78,6 +86,8 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, bn: str = "running", dev
         raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if protocol == "multitask":
+        return _evaluate_tasks(learner, sampler, bn, device, progress)
     if protocol == "online" and not hasattr(learner, "online_logits"):
         raise ValueError(f"the online protocol needs a sequence learner (lstm, mann, snail); "
                          f"{type(learner).__name__} is not one")
@@ -103,6 +113,39 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, bn: str = "running", dev
     settings = {**sampler.protocol(), "episodes": len(sampler), "bn": bn, "protocol": protocol}
     return EvalResult(mean, ci95, len(accuracies), settings, sum(losses) / len(losses),
                       time.perf_counter() - start, curve)
+
+
+def _evaluate_tasks(learner: Learner, sampler, bn: str, device, progress: bool) -> EvalResult:
+    """Multi-task learning: every task's metric on its held-out images (a TaskEvalSampler)."""
+    if not hasattr(learner, "task_loss"):
+        raise ValueError(f"the multitask protocol needs a multi-task learner; {type(learner).__name__} is not one")
+    was_training = learner.training
+    model = learner.eval() if bn == "running" else copy.deepcopy(learner).train()
+    tasks = sampler.taskset.tasks
+    sums, counts, start = [0.0] * len(tasks), [0] * len(tasks), time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(sampler, total=len(sampler), desc="eval", disable=not progress, leave=False):
+            batch = batch.to(device)
+            loss, out = model.task_loss(batch)
+            if tasks[batch.task].loss == "classification":
+                sums[batch.task] += float((out.argmax(-1) == batch.targets).sum())
+            else:
+                sums[batch.task] += float(loss) * len(batch.targets)
+            counts[batch.task] += len(batch.targets)
+    learner.train(was_training)
+    per_task, accuracies = {}, []
+    for task, total, n in zip(tasks, sums, counts):
+        value = total / max(n, 1)
+        if task.loss == "classification":
+            accuracies.append(value)
+            per_task[task.name] = {"accuracy": value, "ci95": 1.96 * math.sqrt(value * (1 - value) / max(n, 1)),
+                                   "items": n}
+        else:
+            per_task[task.name] = {"mse": value, "items": n}
+    mean, ci95 = mean_ci95(accuracies) if accuracies else (float("nan"), float("nan"))
+    settings = {**sampler.protocol(), "bn": bn, "protocol": "multitask"}
+    return EvalResult(mean, ci95, len(accuracies), settings, float("nan"), time.perf_counter() - start,
+                      tasks=per_task)
 
 
 def meta_test(learner: Learner, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,

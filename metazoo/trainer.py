@@ -1,13 +1,15 @@
 """The one meta-training loop, for every learner.
 
-Step ``s`` (1-based) trains on episodes ``(s-1)*B .. s*B-1`` of the seeded training sampler
-(B = meta-batch size), so a resumed run sees exactly the episodes it would have seen. No global
+Step ``s`` (1-based) trains on items ``(s-1)*B .. s*B-1`` of the seeded training sampler
+(B = meta-batch size; the items are episodes, or for multi-task learning one task's data batch
+each), so a resumed run sees exactly the items it would have seen. No global
 state: everything a run needs is built from its Config, which makes splitting a meta-batch
 across processes a matter of giving each rank its share of those episode indices.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,11 +17,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .build import build_dataset, build_learner, build_optimizer, resolve_device, resolve_learner_settings
+from .build import (build_dataset, build_evaluation_sampler, build_learner, build_optimizer, build_training_sampler,
+                    resolve_device, resolve_learner_settings)
 from .config import Config, dump_toml
-from .data import EpisodeSampler
 from .data.storage import atomic_save
-from .evaluate import evaluate, meta_test
+from .evaluate import evaluate, write_result
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.toml"
 
@@ -42,7 +44,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         raise RunExistsError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              "or choose another run directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = build_dataset(config, "train", data_root), build_dataset(config, "val", data_root)
+    train_set = build_dataset(config, "train", data_root)
     config = copy.deepcopy(config)  # the caller's config is left as it was
     resolve_learner_settings(config, train_set)
     (run_dir / CONFIG).write_text(dump_toml(config.to_dict()))
@@ -50,10 +52,9 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     torch.manual_seed(t.seed)
     learner = build_learner(config, train_set).to(device)
     optimizer, scheduler = build_optimizer(config, learner)
-    train_episodes = EpisodeSampler(train_set, t.ways, t.shots, t.queries, seed=t.seed,
-                                    episodes=t.steps * t.meta_batch_size)
+    train_items = build_training_sampler(config, train_set, learner)  # episodes, or task batches
     e = config.eval
-    val_episodes = EpisodeSampler(val_set, e.ways, e.shots, e.queries, seed=e.seed + 1, episodes=t.val_episodes)
+    val_items = build_evaluation_sampler(config, "val", data_root, train_set)
 
     start, best = 0, {"step": 0, "accuracy": -1.0}
     if resume and (run_dir / LAST).exists():
@@ -69,7 +70,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
 
     indices = range(start * t.meta_batch_size, t.steps * t.meta_batch_size)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_episodes, indices), batch_size=t.meta_batch_size,
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_items, indices), batch_size=t.meta_batch_size,
                                          collate_fn=list, num_workers=t.num_workers)
     bar = tqdm(total=t.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
     clock, step = time.perf_counter(), start
@@ -77,7 +78,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         for step, batch in enumerate(loader, start + 1):
             learner.train()
             optimizer.zero_grad(set_to_none=True)
-            stats = learner.meta_backward([episode.to(device) for episode in batch])
+            stats = learner.meta_backward([item.to(device) for item in batch])
             optimizer.step()
             scheduler.step()
             bar.update()
@@ -87,7 +88,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
                 _write(metrics, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
-                result = evaluate(learner, val_episodes, bn=e.bn, device=device, protocol=e.protocol)
+                result = evaluate(learner, val_items, bn=e.bn, device=device, protocol=e.protocol)
                 _write(metrics, {"step": step, "split": "val", "loss": result.loss, "accuracy": result.mean,
                                  "ci95": result.ci95, "seconds": time.perf_counter() - clock})
                 if result.mean > best["accuracy"]:
@@ -103,10 +104,11 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         weights = torch.load(run_dir / (BEST if e.checkpoint == "best" else LAST), map_location=device,
                              weights_only=False)
         learner.load_state_dict(weights["learner"])
-        test_set = build_dataset(config, e.split, data_root)
-        result = meta_test(learner, test_set, e.ways, e.shots, e.queries, e.episodes, e.seed, e.bn,
-                           device=device, run_dir=run_dir, progress=progress,
-                           extra={"checkpoint": e.checkpoint, "step": weights["step"]}, protocol=e.protocol)
+        result = evaluate(learner, build_evaluation_sampler(config, "test", data_root, train_set), bn=e.bn,
+                          device=device, progress=progress, protocol=e.protocol)
+        result = dataclasses.replace(result, protocol={**result.protocol, "checkpoint": e.checkpoint,
+                                                       "step": weights["step"]})
+        write_result(result, run_dir)
         summary["test"] = result.to_dict()
     return summary
 

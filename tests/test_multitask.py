@@ -226,20 +226,24 @@ def test_holdout_parts_split_every_class_and_keep_targets_aligned():
         tasks.holdout("dev")
 
 
-def test_task_batch_sampler_is_seeded_and_draws_distinct_tasks():
-    from metazoo.multitask.tasks import TaskBatchSampler, alphabet_tasks
+def test_task_batch_sampler_is_seeded_and_draws_distinct_tasks_per_step():
+    from metazoo.multitask.tasks import TaskBatchSampler, TaskEvalSampler, alphabet_tasks
 
     tasks = alphabet_tasks(omniglot_like())
-    sampler = TaskBatchSampler(tasks, tasks_per_batch=2, batch_size=5, seed=3, batches=10)
-    batch = sampler[4]
-    assert sorted(b.task for b in batch) == [0, 1]
-    for b in batch:
+    sampler = TaskBatchSampler(tasks, tasks_per_batch=2, batch_size=5, seed=3, steps=10)
+    assert len(sampler) == 20
+    step = [sampler[8], sampler[9]]  # step 4
+    assert sorted(b.task for b in step) == [0, 1]
+    for b in step:
         assert b.inputs.shape == (5, 1, 2, 2) and b.targets.shape == (5,)
-        # the image value encodes its index (mod 256): targets match the images they came with
+        # the image value encodes its index: targets match the images they came with
         index = (b.inputs[:, 0, 0, 0] * 255).round().long()
         lookup = dict(zip(tasks.items[b.task].tolist(), tasks.targets[b.task].tolist()))
         assert b.targets.tolist() == [lookup[int(i)] for i in index]
-    again = TaskBatchSampler(tasks, 2, 5, seed=3, batches=10)[4]
-    assert all(torch.equal(a.inputs, b.inputs) for a, b in zip(batch, again))
+    again = TaskBatchSampler(tasks, 2, 5, seed=3, steps=10)[9]
+    assert torch.equal(again.inputs, step[1].inputs)
     with pytest.raises(ValueError, match="task 'Beta' has 20 items"):
         TaskBatchSampler(tasks, 1, 25)
+    evaluation = TaskEvalSampler(tasks.holdout("test"), batch_size=3)
+    seen = [(b.task, len(b.targets)) for b in evaluation]
+    assert seen == [(0, 3), (0, 1), (1, 2)]  # 4 test images of Alpha (1 per class), 2 of Beta

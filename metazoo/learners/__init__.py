@@ -30,15 +30,16 @@ def list_learners() -> list[str]:
     return LEARNERS.names()
 
 
-from . import blackbox, gradient, matching, protonet, relation, transfer  # noqa: E402,F401  (registers)
+from . import blackbox, gradient, matching, multitask, protonet, relation, transfer  # noqa: E402,F401  (registers)
 from .base import Classifier, Learner  # noqa: E402
 from .blackbox import MANN, SNAIL, RecurrentLearner, SequenceLearner  # noqa: E402
 from .gradient import ANIL, MAML, GradientLearner, MetaSGD, Reptile  # noqa: E402
 from .matching import MatchingNet  # noqa: E402
+from .multitask import MultiTaskLearner  # noqa: E402
 from .protonet import ProtoNet  # noqa: E402
 from .relation import RelationNet  # noqa: E402
 from .transfer import Baseline  # noqa: E402
 
 __all__ = ["ANIL", "LEARNERS", "MAML", "MANN", "SNAIL", "Baseline", "Classifier", "GradientLearner", "Learner",
-           "MatchingNet", "MetaSGD", "ProtoNet", "RecurrentLearner", "RelationNet", "Reptile", "SequenceLearner",
-           "create_learner", "list_learners"]
+           "MatchingNet", "MetaSGD", "MultiTaskLearner", "ProtoNet", "RecurrentLearner", "RelationNet", "Reptile",
+           "SequenceLearner", "create_learner", "list_learners"]

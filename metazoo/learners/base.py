@@ -22,7 +22,13 @@ class Learner(nn.Module):
     its paper trains with another loss.
 
     Learners never own optimisers, devices or progress bars: the trainer does.
+
+    ``trains_on`` says what the trainer feeds ``meta_loss``: ``"episodes"`` (every few-shot
+    learner) or ``"tasks"`` (mini-batches of tasks, :class:`~metazoo.multitask.tasks.TaskBatch`,
+    for multi-task learning); evaluation on episodes goes through ``adapt`` either way.
     """
+
+    trains_on = "episodes"
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()

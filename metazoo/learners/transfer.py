@@ -85,20 +85,30 @@ class Baseline(Learner):
     def adapt(self, support: LabeledSet) -> Classifier:
         with torch.no_grad():
             features = self.backbone(support.inputs)
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            head = self.new_head(support.ways).to(features.device, features.dtype)
-        optimizer = torch.optim.SGD(head.parameters(), lr=self.lr, momentum=0.9, dampening=0.9,
-                                    weight_decay=self.weight_decay)
-        with torch.enable_grad():
-            for _ in range(self.epochs):
-                order = torch.randperm(len(support), generator=generator).to(features.device)
-                for start in range(0, len(support), self.batch_size):
-                    batch = order[start:start + self.batch_size]
-                    loss = F.cross_entropy(head(features[batch]), support.labels[batch])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-        head.requires_grad_(False)
+        head = fit_head(features, support.labels, support.ways, self.cosine, self.epochs, self.batch_size, self.lr,
+                        self.weight_decay, self.seed)
         return FittedHead(self.backbone, head)
+
+
+def fit_head(features: torch.Tensor, labels: torch.Tensor, ways: int, cosine: bool = False, epochs: int = 100,
+             batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> nn.Module:
+    """A new linear (or cosine) classifier fitted on fixed ``features`` (n, d): Chen et al.'s fine-tuning,
+    ``epochs`` passes in mini-batches of ``batch_size`` with SGD (momentum 0.9, dampening 0.9); the
+    initial weights and the mini-batch order come from ``seed``. Returns the head, frozen."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        size = features.shape[1]
+        head = CosineClassifier(size, ways, cosine_scale(ways)) if cosine else nn.Linear(size, ways)
+    head = head.to(features.device, features.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, dampening=0.9, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(len(features), generator=generator).to(features.device)
+            for start in range(0, len(features), batch_size):
+                batch = order[start:start + batch_size]
+                loss = F.cross_entropy(head(features[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return head.requires_grad_(False)

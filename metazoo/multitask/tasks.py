@@ -42,6 +42,12 @@ class TaskBatch:
     inputs: torch.Tensor
     targets: torch.Tensor  # class indices (long) or regression targets (float, (n, outputs))
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "TaskBatch":
+        """Moved to ``device``; ``dtype`` converts the inputs only."""
+        return TaskBatch(self.task, self.inputs.to(device, dtype, non_blocking=non_blocking),
+                         self.targets.to(device, non_blocking=non_blocking))
+
 
 class TaskSet:
     """``tasks[i]`` uses images ``items[i]`` (indices into ``dataset``) with targets ``targets[i]``.
@@ -61,6 +67,7 @@ class TaskSet:
         self.dataset, self.tasks, self.items, self.targets = dataset, tasks, items, targets
         self.descriptors = torch.eye(len(tasks)) if descriptors is None else descriptors
         self.part = _holdout_parts(dataset, fractions, seed)
+        self.part_name = "all"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -75,6 +82,7 @@ class TaskSet:
         keep = [self.part[i] == code for i in self.items]
         out.items = [i[k] for i, k in zip(self.items, keep)]
         out.targets = [t[k] for t, k in zip(self.targets, keep)]
+        out.part_name = part
         return out
 
     def batch(self, task: int, positions: torch.Tensor) -> TaskBatch:
@@ -137,33 +145,69 @@ def attribute_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
         index = torch.tensor([values.index(key) for key in keys])
         tasks.append(Task(name, len(values)))
         targets.append(index[image_class])
-    ink = dataset.to_float(dataset.images).mean((1, 2, 3))
+    ink = torch.cat([dataset.to_float(chunk).mean((1, 2, 3)) for chunk in dataset.images.split(4096)])
     tasks.append(Task("ink", 1, "regression"))
     targets.append(((ink - ink.mean()) / ink.std())[:, None])
     return TaskSet(dataset, tasks, [every] * len(tasks), targets, **holdout)
 
 
 class TaskBatchSampler:
-    """Batch ``i``: ``tasks_per_batch`` distinct tasks and ``batch_size`` of each one's items,
-    drawn without replacement by a generator seeded with ``(seed, i)``."""
+    """Mini-batches of tasks with a mini-batch of data per task, one task's batch per item.
+
+    Items ``s * tasks_per_batch .. (s + 1) * tasks_per_batch - 1`` make optimisation step ``s``:
+    ``tasks_per_batch`` distinct tasks drawn by a generator seeded with ``(seed, s)``, and for
+    each of them ``batch_size`` of its items without replacement (seeded by the step and slot).
+    Batching ``tasks_per_batch`` consecutive items (as the trainer does with ``meta_batch_size``)
+    gives one step's tasks; every item is a pure function of ``(seed, index)``.
+    """
 
     def __init__(self, taskset: TaskSet, tasks_per_batch: int, batch_size: int, seed: int = 0,
-                 batches: int = 1_000_000_000) -> None:
+                 steps: int = 1_000_000_000) -> None:
         if not 1 <= tasks_per_batch <= len(taskset):
             raise ValueError(f"tasks_per_batch={tasks_per_batch}, but there are {len(taskset)} tasks")
         small = [(t.name, len(i)) for t, i in zip(taskset.tasks, taskset.items) if len(i) < batch_size]
         if small:
             raise ValueError(f"batch_size={batch_size}, but task {small[0][0]!r} has {small[0][1]} items")
         self.taskset, self.tasks_per_batch, self.batch_size = taskset, tasks_per_batch, batch_size
-        self.seed, self.batches = seed, batches
+        self.seed, self.steps = seed, steps
 
     def __len__(self) -> int:
-        return self.batches
+        return self.steps * self.tasks_per_batch
 
-    def __getitem__(self, index: int) -> list[TaskBatch]:
-        if not 0 <= index < self.batches:
+    def __getitem__(self, index: int) -> TaskBatch:
+        if not 0 <= index < len(self):
             raise IndexError(index)
-        generator = torch.Generator().manual_seed(episode_seed(self.seed, index))
-        tasks = torch.randperm(len(self.taskset), generator=generator)[:self.tasks_per_batch]
-        return [self.taskset.batch(int(t), torch.randperm(len(self.taskset.items[t]), generator=generator)
-                                   [:self.batch_size]) for t in tasks]
+        step, slot = divmod(index, self.tasks_per_batch)
+        step_seed = episode_seed(self.seed, step)
+        task = int(torch.randperm(len(self.taskset), generator=torch.Generator().manual_seed(step_seed))[slot])
+        generator = torch.Generator().manual_seed(episode_seed(step_seed, slot))
+        positions = torch.randperm(len(self.taskset.items[task]), generator=generator)[:self.batch_size]
+        return self.taskset.batch(task, positions)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class TaskEvalSampler:
+    """Every item of every task once, in order, in batches of at most ``batch_size``."""
+
+    def __init__(self, taskset: TaskSet, batch_size: int = 256) -> None:
+        self.taskset = taskset
+        self.chunks = [(t, start) for t in range(len(taskset))
+                       for start in range(0, len(taskset.items[t]), batch_size)]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> TaskBatch:
+        task, start = self.chunks[index]
+        stop = min(start + self.batch_size, len(self.taskset.items[task]))
+        return self.taskset.batch(task, torch.arange(start, stop))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def protocol(self) -> dict:
+        return {"dataset": self.taskset.dataset.name, "split": self.taskset.dataset.split,
+                "tasks": len(self.taskset), "part": self.taskset.part_name}
