@@ -247,3 +247,88 @@ def test_task_batch_sampler_is_seeded_and_draws_distinct_tasks_per_step():
     evaluation = TaskEvalSampler(tasks.holdout("test"), batch_size=3)
     seen = [(b.task, len(b.targets)) for b in evaluation]
     assert seen == [(0, 3), (0, 1), (1, 2)]  # 4 test images of Alpha (1 per class), 2 of Beta
+
+
+# --- the multi-task learner and the trainer -------------------------------------------------------
+def small_learner(**settings):
+    from metazoo.learners import MultiTaskLearner
+
+    torch.manual_seed(0)
+    return MultiTaskLearner(Trunk(), outputs=[3, 2, 1], losses=["classification", "classification", "regression"],
+                            hidden=8, **settings)
+
+
+def task_batches():
+    from metazoo.multitask.tasks import TaskBatch
+
+    g = torch.Generator().manual_seed(0)
+    return [TaskBatch(0, torch.randn(4, 6, generator=g), torch.tensor([0, 1, 2, 0])),
+            TaskBatch(2, torch.randn(3, 6, generator=g), torch.randn(3, 1, generator=g))]
+
+
+def test_multitask_objective_is_the_weighted_sum_of_task_losses_by_hand():
+    import torch.nn.functional as F
+
+    learner = small_learner(weights=[0.5, 1.0, 2.0])
+    a, b = task_batches()
+    loss, stats = learner.meta_loss([a, b])
+    expected = 0.5 * F.cross_entropy(learner.net(a.inputs, 0), a.targets) + 2.0 * F.mse_loss(learner.net(b.inputs, 2),
+                                                                                             b.targets)
+    torch.testing.assert_close(loss, expected)
+    assert float(stats["accuracy"]) == float((learner.net(a.inputs, 0).argmax(-1) == a.targets).float().mean())
+
+
+def test_multitask_objective_adds_the_soft_sharing_penalty_and_learns_uncertainty_weights():
+    learner = small_learner(sharing="independent", soft_sharing=0.3)
+    plain = small_learner(sharing="independent")
+    batches = task_batches()
+    torch.testing.assert_close(learner.meta_loss(batches)[0] - plain.meta_loss(batches)[0],
+                               soft_sharing_penalty(learner.net.towers, 0.3))
+    with pytest.raises(ValueError, match="needs sharing = \"independent\""):
+        small_learner(sharing="film", soft_sharing=0.1)
+    uncertain = small_learner(weighting="uncertainty")
+    uncertain.meta_loss(batches)[0].backward()
+    assert uncertain.weighting.log_variance.grad[[0, 2]].abs().min() > 0  # the step's tasks
+    assert uncertain.weighting.log_variance.grad[1] == 0  # a task absent from the step
+
+
+def test_multitask_training_and_evaluation_through_the_one_trainer(tmp_path):
+    import json
+
+    from metazoo.config import from_dict
+    from metazoo.trainer import meta_train
+
+    config = from_dict({
+        "learner": {"name": "multitask", "sharing": "multihead", "hidden": 16},
+        "backbone": {"name": "conv4", "width": 8},
+        "data": {"dataset": "omniglot"},
+        "multitask": {"tasks": "alphabets", "items_per_task": 8},
+        "train": {"steps": 4, "meta_batch_size": 3, "val_every": 2, "log_every": 1},
+        "eval": {"protocol": "multitask"}})
+    summary = meta_train(config, tmp_path / "run", progress=False)
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert "outputs = [" in saved  # the task set's output sizes are recorded for later evaluation
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["protocol"]["protocol"] == "multitask" and result["protocol"]["part"] == "test"
+    assert len(result["tasks"]) == 33 and result["episodes"] == 33  # the 33 alphabets of the train split
+    assert all(0 <= m["accuracy"] <= 1 and m["items"] > 0 for m in result["tasks"].values())
+    assert summary["test"]["mean"] == result["mean"]
+    # the same run, evaluated as few-shot transfer on new classes (multi-task pretraining baseline)
+    from metazoo.cli import main
+
+    assert main(["eval", str(tmp_path / "run"), "--protocol", "episodic", "--episodes", "3", "-q"]) == 0
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["protocol"]["ways"] == 5
+
+
+def test_a_learner_and_a_config_that_disagree_on_tasks_fail_clearly(tmp_path):
+    from metazoo.config import from_dict
+    from metazoo.trainer import meta_train
+
+    config = from_dict({"learner": {"name": "protonet"}, "multitask": {"tasks": "alphabets"},
+                        "backbone": {"name": "conv4", "width": 8}, "train": {"steps": 1}})
+    with pytest.raises(ValueError, match="trains on episodes, but the config sets \\[multitask\\] tasks"):
+        meta_train(config, tmp_path / "a", progress=False)
+    config = from_dict({"learner": {"name": "multitask"}, "backbone": {"name": "conv4", "width": 8},
+                        "train": {"steps": 1}})
+    with pytest.raises(ValueError, match="trains on tasks, but the config has no \\[multitask\\] tasks"):
+        meta_train(config, tmp_path / "b", progress=False)
