@@ -1,0 +1,102 @@
+"""The multi-task study: Omniglot alphabets as tasks, sharing and weighting choices side by side.
+
+    python experiments/multitask/study.py --data-root ../shared/data --out runs/multitask_study
+
+Trains experiments/multitask/alphabets.toml once per variant (a run directory each; finished runs
+are skipped, an interrupted one resumes), then prints a markdown report: mean held-out accuracy
+per variant with its wall time, the tasks that do worse shared than alone (negative transfer,
+against the independent networks), and per-task accuracies. ``--plot FILE`` also draws per-task
+accuracy differences against independent networks (needs matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from metazoo.config import load_config
+from metazoo.trainer import meta_train
+
+HERE = Path(__file__).parent
+VARIANTS = {  # name -> overrides of alphabets.toml
+    "independent": ["learner.sharing=independent"],
+    "independent + soft sharing": ["learner.sharing=independent", "learner.soft_sharing=0.001"],
+    "multi-head": ["learner.sharing=multihead"],
+    "concat": ["learner.sharing=concat"],
+    "additive": ["learner.sharing=additive"],
+    "multiplicative": ["learner.sharing=multiplicative"],
+    "FiLM": ["learner.sharing=film"],
+    "multi-head + uncertainty": ["learner.sharing=multihead", "learner.weighting=uncertainty"],
+    "multi-head + DWA": ["learner.sharing=multihead", "learner.weighting=dwa", "learner.period=50"],
+    "FiLM + DWA": ["learner.sharing=film", "learner.weighting=dwa", "learner.period=50"],
+}
+
+
+def run(name: str, overrides: list[str], args) -> dict:
+    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and")
+    result = run_dir / "result.json"
+    if not result.exists():
+        config = load_config(HERE / "alphabets.toml", [*overrides, f"train.steps={args.steps}"])
+        start = time.perf_counter()
+        meta_train(config, run_dir, resume=(run_dir / "last.pt").exists(), data_root=args.data_root,
+                   progress=False)
+        (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    wall = run_dir / "wall_seconds.txt"
+    return {**json.loads(result.read_text()), "wall": wall.read_text().strip() if wall.exists() else "?"}
+
+
+def report(results: dict[str, dict]) -> str:
+    alone = results.get("independent")
+    lines = ["| variant | mean held-out accuracy (95% CI over tasks) | tasks worse than alone | wall s |",
+             "|---|---|---|---|"]
+    for name, r in results.items():
+        worse = "" if alone is None or name == "independent" else str(sum(
+            r["tasks"][t]["accuracy"] < alone["tasks"][t]["accuracy"] for t in r["tasks"]))
+        lines.append(f"| {name} | {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} | {worse} | {r['wall']} |")
+    names = list(next(iter(results.values()))["tasks"])
+    lines += ["", "Per task (held-out test accuracy, %):", "",
+              "| task | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+    for task in names:
+        lines.append(f"| {task} | " + " | ".join(f"{100 * r['tasks'][task]['accuracy']:.1f}"
+                                                 for r in results.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alone = results["independent"]["tasks"]
+    names = list(alone)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for name, r in results.items():
+        if name != "independent":
+            ax.plot(range(len(names)), [100 * (r["tasks"][t]["accuracy"] - alone[t]["accuracy"]) for t in names],
+                    marker="o", linewidth=1, label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), [n[:12] for n in names], rotation=90, fontsize=7)
+    ax.set_ylabel("accuracy - independent (points)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root")
+    parser.add_argument("--out", default="runs/multitask_study")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run these variants only")
+    parser.add_argument("--plot", help="write the per-task plot here (PNG; needs matplotlib)")
+    args = parser.parse_args()
+    results = {name: run(name, VARIANTS[name], args) for name in (args.only or VARIANTS)}
+    print(report(results))
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
