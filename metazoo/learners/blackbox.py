@@ -30,8 +30,8 @@ class SequenceLearner(Learner):
     Args:
         backbone: embedding network with ``feature_size``.
         ways: classes per episode (size of the label inputs and of the outputs).
-        order_seed: seed of the support order when evaluating (eval mode); while training the
-            order is drawn from torch's global generator, which the trainer seeds.
+        order_seed: seed of the support order when evaluating (eval mode, or gradients off);
+            while training the order is drawn from torch's global generator, which the trainer seeds.
         online: MANN's protocol. Every item of a sequence is paired with the label of the item
             before it (a null label first), and the model predicts each item's own label. Training
             then uses all of an episode's items (support and query, in a random order) as one
@@ -49,7 +49,8 @@ class SequenceLearner(Learner):
         raise NotImplementedError
 
     def support_order(self, n: int, device: torch.device) -> torch.Tensor:
-        generator = None if self.training else torch.Generator().manual_seed(self.order_seed)
+        evaluating = not (self.training and torch.is_grad_enabled())  # as in evaluate(), even with batch BN
+        generator = torch.Generator().manual_seed(self.order_seed) if evaluating else None
         return torch.randperm(n, generator=generator).to(device)
 
     def _check(self, items: LabeledSet) -> None:
