@@ -19,16 +19,16 @@ from metazoo.config import load_config
 from metazoo.trainer import meta_train
 
 HERE = Path(__file__).parent
-VARIANTS = {  # name -> overrides of alphabets.toml
+VARIANTS = {  # name -> overrides of alphabets.toml, most informative first
     "independent": ["learner.sharing=independent"],
-    "independent + soft sharing": ["learner.sharing=independent", "learner.soft_sharing=0.001"],
     "multi-head": ["learner.sharing=multihead"],
+    "FiLM": ["learner.sharing=film"],
     "concat": ["learner.sharing=concat"],
     "additive": ["learner.sharing=additive"],
     "multiplicative": ["learner.sharing=multiplicative"],
-    "FiLM": ["learner.sharing=film"],
-    "multi-head + uncertainty": ["learner.sharing=multihead", "learner.weighting=uncertainty"],
     "multi-head + DWA": ["learner.sharing=multihead", "learner.weighting=dwa", "learner.period=50"],
+    "multi-head + uncertainty": ["learner.sharing=multihead", "learner.weighting=uncertainty"],
+    "independent + soft sharing": ["learner.sharing=independent", "learner.soft_sharing=0.001"],
     "FiLM + DWA": ["learner.sharing=film", "learner.weighting=dwa", "learner.period=50"],
 }
 
