@@ -130,6 +130,23 @@ def test_mann_step_erases_the_least_used_slot_then_writes_and_reads():
         torch.testing.assert_close(logits, learner.out(torch.cat([h, (w_read @ memory)[None]], -1)))
 
 
+def test_mann_erases_one_least_used_slot_even_with_several_heads():
+    backbone = torch.nn.Flatten()
+    backbone.feature_size = 5
+    learner = MANN(backbone, ways=2, hidden=6, slots=4, slot_size=3, heads=2, gamma=0.9)
+    state = learner.initial_state(1, torch.zeros(1))
+    state["memory"] = torch.ones(1, 4, 3)
+    state["usage"] = torch.tensor([[0.5, 0.1, 0.7, 0.2]])
+    state["least_used"] = least_used(state["usage"], 2)  # slots 1 and 3 receive the least-used writes
+    with torch.no_grad():
+        learner.gates.weight.zero_()
+        learner.gates.bias.fill_(50.0)  # sigmoid(alpha) = 1: write only where the previous reads were
+        learner.keys.weight.zero_()
+        learner.keys.bias.fill_(0.0)  # nothing is added, so the memory shows the erasure alone
+    _, new = learner.step(torch.randn(1, 7), state)
+    assert new["memory"][0].sum(1).tolist() == [3.0, 0.0, 3.0, 3.0]  # only slot 1 (usage 0.1) is zeroed
+
+
 def test_mann_memory_starts_empty_for_every_sequence():
     learner = build("mann").eval()
     inputs = torch.randn(1, 5, learner.input_size)

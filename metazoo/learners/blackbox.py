@@ -162,7 +162,7 @@ class MANN(SequenceLearner):
     ``k_t`` and a write gate ``alpha_t``. Memory ``M`` has ``slots`` rows of ``slot_size``, zero at the
     start of every sequence (episode). Per step, as in the paper:
 
-    - the least-used slot(s) of ``w^u_{t-1}`` are erased, then ``M_t = M_{t-1} + w^w_t^T k_t`` with
+    - the least-used slot of ``w^u_{t-1}`` is erased, then ``M_t = M_{t-1} + w^w_t^T k_t`` with
       ``w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}`` (least-recently-used access);
     - reads ``w^r_t = softmax(cosine(k_t, M_t))``, ``r_t = w^r_t M_t``;
     - usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``; ``w^lu_t`` marks the ``heads`` least-used slots;
@@ -193,7 +193,8 @@ class MANN(SequenceLearner):
         h, c = self.controller(torch.cat([x, state["reads"]], -1), (state["h"], state["c"]))
         keys = self.keys(h).view(batch, self.heads, self.slot_size)
         write = write_weights(state["read_weights"], state["least_used"], self.gates(h))
-        memory = state["memory"] * (1 - state["least_used"])[..., None]  # erase the least-used slots
+        erase = least_used(state["usage"], 1)  # the paper zeroes the one least-used slot of w^u_{t-1}
+        memory = state["memory"] * (1 - erase)[..., None]
         memory = memory + write.transpose(1, 2) @ keys
         read_weights = cosine_weights(keys, memory)
         reads = (read_weights @ memory).flatten(1)
