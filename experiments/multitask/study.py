@@ -6,7 +6,8 @@ Trains experiments/multitask/alphabets.toml once per variant (a run directory ea
 are skipped, an interrupted one resumes), then prints a markdown report: mean held-out accuracy
 per variant with its wall time, the tasks that do worse shared than alone (negative transfer,
 against the independent networks), and per-task accuracies. ``--plot FILE`` also draws per-task
-accuracy differences against independent networks (needs matplotlib).
+accuracy differences against independent networks (needs matplotlib; an .svg name keeps
+the plot a text file).
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/multitask_study")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run these variants only")
-    parser.add_argument("--plot", help="write the per-task plot here (PNG; needs matplotlib)")
+    parser.add_argument("--plot", help="write the per-task plot here (SVG keeps it text in docs/; needs matplotlib)")
     args = parser.parse_args()
     results = {name: run(name, VARIANTS[name], args) for name in (args.only or VARIANTS)}
     print(report(results))
