@@ -10,7 +10,8 @@ from .config import Config
 from .data import EpisodeSampler, FewShotDataset, create_dataset
 from .learners import LEARNERS, create_learner
 from .learners.base import Learner
-from .multitask.tasks import TaskBatchSampler, TaskEvalSampler, TaskSet, alphabet_tasks, attribute_tasks
+from .multitask.tasks import (TaskBatchSampler, TaskEvalSampler, TaskSet, alphabet_tasks, attribute_tasks,
+                              class_group_tasks)
 from .registry import accepted_kwargs
 
 
@@ -20,7 +21,7 @@ def build_dataset(config: Config, split: str, root: str | Path | None = None) ->
     return create_dataset(config.data.dataset, split=split, root=root, **config.data.options)
 
 
-TASKSETS = {"alphabets": alphabet_tasks, "attributes": attribute_tasks}
+TASKSETS = {"alphabets": alphabet_tasks, "attributes": attribute_tasks, "class_groups": class_group_tasks}
 
 
 def build_taskset(config: Config, train_set: FewShotDataset) -> TaskSet:
@@ -28,7 +29,8 @@ def build_taskset(config: Config, train_set: FewShotDataset) -> TaskSet:
     m = config.multitask
     if m.tasks not in TASKSETS:
         raise ValueError(f"unknown task set {m.tasks!r}; valid: {', '.join(TASKSETS)}")
-    return TASKSETS[m.tasks](train_set, fractions=tuple(m.holdout), seed=config.train.seed)
+    options = {"groups": m.groups} if "groups" in accepted_kwargs(TASKSETS[m.tasks]) else {}
+    return TASKSETS[m.tasks](train_set, fractions=tuple(m.holdout), seed=config.train.seed, **options)
 
 
 def resolve_learner_settings(config: Config, train_set: FewShotDataset) -> None:

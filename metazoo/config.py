@@ -60,7 +60,8 @@ class EvalConfig:
 
 @dataclass
 class MultitaskConfig:
-    tasks: str = ""  # "": few-shot episodes | alphabets | attributes (Omniglot task sets, docs/multitask.md)
+    tasks: str = ""  # "": few-shot episodes | alphabets | attributes (Omniglot) | class_groups (any; docs/multitask.md)
+    groups: int = 8  # class_groups: how many tasks the training classes are dealt into
     items_per_task: int = 16  # data mini-batch per task; train.meta_batch_size tasks per step
     holdout: list = field(default_factory=lambda: [0.7, 0.15])  # train and val fractions of each class's images
     eval_batch: int = 256

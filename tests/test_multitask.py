@@ -195,6 +195,27 @@ def test_alphabet_tasks_by_hand():
     assert tasks.targets[1].tolist() == [0] * 10 + [1] * 10
 
 
+def test_class_group_tasks_deal_every_class_into_one_task():
+    from metazoo.multitask.tasks import class_group_tasks
+
+    data = omniglot_like()
+    tasks = class_group_tasks(data, groups=4, seed=3)
+    assert [t.outputs for t in tasks.tasks] == [2, 2, 1, 1]
+    image_class = torch.arange(60) // 10
+    seen = []
+    for items, targets in zip(tasks.items, tasks.targets):
+        classes = image_class[items].unique().tolist()  # sorted: local label = rank within the group
+        seen += classes
+        assert targets.tolist() == [classes.index(int(c)) for c in image_class[items]]
+        assert len(items) == 10 * len(classes)
+    assert sorted(seen) == list(range(6))
+    assert class_group_tasks(data, groups=4, seed=3).items[0].tolist() == tasks.items[0].tolist()
+    assert any(class_group_tasks(data, groups=4, seed=s).items[0].tolist() != tasks.items[0].tolist()
+               for s in range(4, 10))
+    with pytest.raises(ValueError, match="7 class groups.*6 classes"):
+        class_group_tasks(data, groups=7)
+
+
 def test_attribute_tasks_share_inputs_with_different_labels_and_losses():
     from metazoo.multitask.tasks import attribute_tasks
 

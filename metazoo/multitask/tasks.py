@@ -9,6 +9,10 @@ Omniglot task sets (class names are ``alphabet/character/rotation``):
   character, alphabet and rotation classification, plus a regression target (the image's ink,
   its mean intensity, standardised) so that tasks with different losses share one model.
 
+and one for any dataset, :func:`class_group_tasks`: its classes dealt into disjoint groups by a
+seeded permutation, task i classifying the classes of group i (multi-task pretraining on
+Caltech-101 or an image folder).
+
 Multi-task learning is tested on held-out images of the same tasks: :meth:`TaskSet.holdout`
 splits every class's images into train / val / test parts with a seeded permutation.
 :class:`TaskBatchSampler` draws what one optimisation step uses: a mini-batch of tasks and a
@@ -130,6 +134,26 @@ def alphabet_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
         items.append(images)
         targets.append(local[image_class[images]])
     return TaskSet(dataset, tasks, items, targets, **holdout)
+
+
+def class_group_tasks(dataset: FewShotDataset, groups: int = 8, seed: int = 0, **holdout) -> TaskSet:
+    """Any dataset: its classes dealt into ``groups`` disjoint groups (sizes differing by at most
+    one) by a permutation seeded with ``seed`` (also the holdout seed); task i classifies group i's classes."""
+    if not 1 <= groups <= dataset.num_classes:
+        raise ValueError(f"{groups} class groups asked of {dataset.name}, which has {dataset.num_classes} "
+                         f"classes: groups must be between 1 and {dataset.num_classes}")
+    image_class = _class_of_image(dataset)
+    order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(seed))
+    tasks, items, targets = [], [], []
+    for g, classes in enumerate(order.tensor_split(groups)):
+        classes = classes.sort().values
+        local = torch.full((dataset.num_classes,), -1, dtype=torch.long)
+        local[classes] = torch.arange(len(classes))
+        images = torch.nonzero(local[image_class] >= 0)[:, 0]
+        tasks.append(Task(f"group{g}", len(classes)))
+        items.append(images)
+        targets.append(local[image_class[images]])
+    return TaskSet(dataset, tasks, items, targets, seed=seed, **holdout)
 
 
 def attribute_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
