@@ -123,17 +123,8 @@ def alphabet_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
     """One task per alphabet: classify its characters (each rotation a class, as in the split)."""
     names = _parse(dataset)
     alphabets = list(dict.fromkeys(a for a, _, _ in names))
-    image_class = _class_of_image(dataset)
-    tasks, items, targets = [], [], []
-    for alphabet in alphabets:
-        classes = torch.tensor([c for c, (a, _, _) in enumerate(names) if a == alphabet])
-        local = torch.full((dataset.num_classes,), -1, dtype=torch.long)
-        local[classes] = torch.arange(len(classes))
-        images = torch.nonzero(local[image_class] >= 0)[:, 0]
-        tasks.append(Task(alphabet, len(classes)))
-        items.append(images)
-        targets.append(local[image_class[images]])
-    return TaskSet(dataset, tasks, items, targets, **holdout)
+    groups = {alphabet: torch.tensor([c for c, (a, _, _) in enumerate(names) if a == alphabet]) for alphabet in alphabets}
+    return _class_subset_tasks(dataset, groups, **holdout)
 
 
 def class_group_tasks(dataset: FewShotDataset, groups: int = 8, seed: int = 0, **holdout) -> TaskSet:
@@ -142,18 +133,23 @@ def class_group_tasks(dataset: FewShotDataset, groups: int = 8, seed: int = 0, *
     if not 1 <= groups <= dataset.num_classes:
         raise ValueError(f"{groups} class groups asked of {dataset.name}, which has {dataset.num_classes} "
                          f"classes: groups must be between 1 and {dataset.num_classes}")
-    image_class = _class_of_image(dataset)
     order = torch.randperm(dataset.num_classes, generator=torch.Generator().manual_seed(seed))
+    subsets = {f"group{g}": classes.sort().values for g, classes in enumerate(order.tensor_split(groups))}
+    return _class_subset_tasks(dataset, subsets, seed=seed, **holdout)
+
+
+def _class_subset_tasks(dataset: FewShotDataset, subsets: dict[str, torch.Tensor], **holdout) -> TaskSet:
+    """One classification task per named subset of the dataset's classes, labels in subset order."""
+    image_class = _class_of_image(dataset)
     tasks, items, targets = [], [], []
-    for g, classes in enumerate(order.tensor_split(groups)):
-        classes = classes.sort().values
+    for name, classes in subsets.items():
         local = torch.full((dataset.num_classes,), -1, dtype=torch.long)
         local[classes] = torch.arange(len(classes))
         images = torch.nonzero(local[image_class] >= 0)[:, 0]
-        tasks.append(Task(f"group{g}", len(classes)))
+        tasks.append(Task(name, len(classes)))
         items.append(images)
         targets.append(local[image_class[images]])
-    return TaskSet(dataset, tasks, items, targets, seed=seed, **holdout)
+    return TaskSet(dataset, tasks, items, targets, **holdout)
 
 
 def attribute_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
