@@ -36,7 +36,7 @@ VARIANTS = {  # name -> overrides of alphabets.toml, most informative first
 
 
 def run(name: str, overrides: list[str], args) -> dict:
-    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and").replace("-", "m")
+    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and")
     result = run_dir / "result.json"
     if not result.exists():
         config = load_config(HERE / "alphabets.toml", [*overrides, f"train.steps={args.steps}"])
