@@ -156,6 +156,10 @@ def test_multitask_net_shapes_and_what_each_task_shares(sharing):
         assert any(n.startswith("towers.1.") for n in touched)
         assert not any(n.startswith(("towers.0.", "towers.2.")) for n in touched)
         assert not torch.equal(net.towers[0][0][1].weight, net.towers[1][0][1].weight)
+        alike = MultiTaskNet(Trunk(), outputs=[3, 5, 1], sharing=sharing, hidden=8, common_init=True)
+        assert float(soft_sharing_penalty(alike.towers, 1.0).detach()) == pytest.approx(0.0, abs=1e-10)
+        assert torch.equal(alike.towers[0][0][1].weight, alike.towers[2][0][1].weight)
+        assert alike.towers[0][0][1].weight is not alike.towers[2][0][1].weight  # copies, not shared
     else:
         assert "trunk.1.weight" in touched  # the trunk is shared
 
@@ -307,6 +311,8 @@ def test_multitask_objective_adds_the_soft_sharing_penalty_and_learns_uncertaint
                                soft_sharing_penalty(learner.net.towers, 0.3))
     with pytest.raises(ValueError, match="needs sharing = \"independent\""):
         small_learner(sharing="film", soft_sharing=0.1)
+    with pytest.raises(ValueError, match="common_init.*needs sharing = \"independent\""):
+        small_learner(sharing="multihead", common_init=True)
     uncertain = small_learner(weighting="uncertainty")
     uncertain.meta_loss(batches)[0].backward()
     assert uncertain.weighting.log_variance.grad[[0, 2]].abs().min() > 0  # the step's tasks

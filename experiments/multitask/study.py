@@ -31,12 +31,17 @@ VARIANTS = {  # name -> overrides of alphabets.toml, most informative first
     "multi-head + uncertainty": ["learner.sharing=multihead", "learner.weighting=uncertainty"],
     "independent + soft sharing 1e-4": ["learner.sharing=independent", "learner.soft_sharing=0.0001"],
     "independent + soft sharing 1e-3": ["learner.sharing=independent", "learner.soft_sharing=0.001"],
+    "independent, common init": ["learner.sharing=independent", "learner.common_init=true"],
+    "common init + soft sharing 1e-4": ["learner.sharing=independent", "learner.common_init=true",
+                                        "learner.soft_sharing=0.0001"],
+    "common init + soft sharing 1e-3": ["learner.sharing=independent", "learner.common_init=true",
+                                        "learner.soft_sharing=0.001"],
     "FiLM + DWA": ["learner.sharing=film", "learner.weighting=dwa", "learner.period=50"],
 }
 
 
 def run(name: str, overrides: list[str], args) -> dict:
-    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and")
+    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and").replace(",", "")
     result = run_dir / "result.json"
     if not result.exists():
         config = load_config(HERE / "alphabets.toml", [*overrides, f"train.steps={args.steps}"])

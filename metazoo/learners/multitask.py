@@ -36,7 +36,7 @@ class MultiTaskLearner(Learner):
         weighting: ``static`` (``weights``, default equal), ``uncertainty`` (Kendall et al. 2018)
             or ``dwa`` (dynamic weight average, Liu et al. 2019; ``temperature``, ``period``).
         soft_sharing: weight of the penalty pulling the independent towers together (needs
-            ``sharing = "independent"``).
+            ``sharing = "independent"``); ``common_init``: the towers start from the same weights.
         cosine, epochs, batch_size, lr, weight_decay, seed: the head fitted by ``adapt`` on a
             new task's support set, as :class:`~metazoo.learners.transfer.Baseline` does.
     """
@@ -46,7 +46,7 @@ class MultiTaskLearner(Learner):
     def __init__(self, backbone: nn.Module, outputs: Sequence[int] = (5,), losses: Sequence[str] | None = None,
                  sharing: str = "film", hidden: int = 256, weighting: str = "static",
                  weights: Sequence[float] | None = None, temperature: float = 2.0, period: int = 1,
-                 soft_sharing: float = 0.0, cosine: bool = False, epochs: int = 100, batch_size: int = 4,
+                 soft_sharing: float = 0.0, common_init: bool = False, cosine: bool = False, epochs: int = 100, batch_size: int = 4,
                  lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> None:
         super().__init__(backbone)
         self.losses = list(losses) if losses is not None else ["classification"] * len(outputs)
@@ -54,7 +54,9 @@ class MultiTaskLearner(Learner):
             raise ValueError(f"{len(self.losses)} losses for {len(outputs)} tasks")
         if soft_sharing and sharing != "independent":
             raise ValueError("soft_sharing pulls independent networks together: it needs sharing = \"independent\"")
-        self.net = MultiTaskNet(backbone, outputs, sharing, hidden)
+        if common_init and sharing != "independent":
+            raise ValueError("common_init starts the independent towers alike: it needs sharing = \"independent\"")
+        self.net = MultiTaskNet(backbone, outputs, sharing, hidden, common_init=common_init)
         self.backbone = self.net.trunk if sharing != "independent" else self.net.towers[0][0]
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")

@@ -23,13 +23,14 @@ class MultiTaskNet(nn.Module):
     - ``"multihead"``: one shared trunk, then a hidden layer and output layer per task;
     - ``"independent"``: a copy of the trunk and hidden layer per task, nothing shared (the
       no-sharing reference; :func:`~metazoo.multitask.sharing.soft_sharing_penalty` over
-      ``towers`` pulls them together).
+      ``towers`` pulls them together). Each tower starts from its own random weights, or with
+      ``common_init`` all from the same ones (so a soft-sharing penalty starts at zero).
 
     ``descriptors`` (T, k) holds each task's ``z`` (default: one-hot task indices).
     """
 
     def __init__(self, trunk: nn.Module, outputs: Sequence[int], sharing: str = "film", hidden: int = 256,
-                 descriptors: torch.Tensor | None = None) -> None:
+                 descriptors: torch.Tensor | None = None, common_init: bool = False) -> None:
         super().__init__()
         if sharing not in SHARING:
             raise ValueError(f"unknown sharing {sharing!r}; valid: {', '.join(SHARING)}")
@@ -47,9 +48,9 @@ class MultiTaskNet(nn.Module):
             self.trunk = trunk
             self.hidden = nn.ModuleList(nn.Linear(features, hidden) for _ in range(tasks))
         else:
-            self.towers = nn.ModuleList(nn.Sequential(copy.deepcopy(trunk), nn.Linear(features, hidden))
-                                        for _ in range(tasks))
-            for tower in self.towers[1:]:  # each tower starts from its own random weights
+            first = nn.Sequential(trunk, nn.Linear(features, hidden))
+            self.towers = nn.ModuleList([first, *(copy.deepcopy(first) for _ in range(tasks - 1))])
+            for tower in self.towers[1:] if not common_init else ():  # own random weights each
                 for module in tower.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
