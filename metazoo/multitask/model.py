@@ -48,8 +48,9 @@ class MultiTaskNet(nn.Module):
             self.trunk = trunk
             self.hidden = nn.ModuleList(nn.Linear(features, hidden) for _ in range(tasks))
         else:
-            first = nn.Sequential(trunk, nn.Linear(features, hidden))
-            self.towers = nn.ModuleList([first, *(copy.deepcopy(first) for _ in range(tasks - 1))])
+            self.towers = nn.ModuleList(nn.Sequential(copy.deepcopy(trunk), nn.Linear(features, hidden))
+                                        for _ in range(1 if common_init else tasks))
+            self.towers.extend(copy.deepcopy(self.towers[0]) for _ in range(tasks - len(self.towers)))
             for tower in self.towers[1:] if not common_init else ():  # own random weights each
                 for module in tower.modules():
                     if hasattr(module, "reset_parameters"):
