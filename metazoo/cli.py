@@ -61,14 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .build import build_dataset, build_evaluation_sampler, build_learner, resolve_device
-    from .config import from_dict
+    from .config import apply_overrides, from_dict
     from .evaluate import evaluate, write_result
 
     run_dir = Path(args.run_dir)
     config_path = run_dir / "config.toml"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {run_dir} a metazoo run directory?")
-    config = from_dict(tomllib.loads(config_path.read_text()))
+    config = from_dict(apply_overrides(tomllib.loads(config_path.read_text()), args.set))
     e = config.eval
     for key in ("split", "ways", "shots", "queries", "episodes", "seed", "bn", "checkpoint", "protocol"):
         if getattr(args, key) is not None:
@@ -80,7 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     learner.load_state_dict(weights["learner"])
     result = evaluate(learner, sampler, bn=e.bn, device=device, progress=not args.quiet, protocol=e.protocol)
     result = dataclasses.replace(result, protocol={**result.protocol, "checkpoint": e.checkpoint,
-                                                   "step": weights["step"]})
+                                                   "step": weights["step"],
+                                                   **({"overrides": args.set} if args.set else {})})
     write_result(result, run_dir)
     print(result)
     return 0
@@ -146,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", choices=["episodic", "online", "multitask"],
                    help="online: MANN's protocol (sequence learners), accuracy by presentation; multitask: the "
                         "held-out images of a multi-task run's tasks (episodic on such a run: few-shot transfer)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the run's config for this evaluation, e.g. test-time settings such as "
+                        "--set learner.lr=0.001 (a fine-tuned head's learning rate); recorded in the result")
     s.add_argument("--data-root")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)

@@ -32,6 +32,23 @@ def test_train_then_eval_with_another_protocol(tmp_path, data_root, capsys):
     assert len((run / "results.jsonl").read_text().splitlines()) == 2
 
 
+def test_eval_overrides_test_time_settings_and_records_them(tmp_path, data_root, capsys, monkeypatch):
+    import metazoo.learners.transfer as transfer
+
+    run = tmp_path / "run"
+    config = os.path.join(REPO, "experiments", "omniglot", "baseline_5w1s.toml")
+    assert main(["train", config, "-o", str(run), "--data-root", str(data_root), *TINY,
+                 "--set", "learner.epochs=2"]) == 0
+    seen = []
+    fit_head = transfer.fit_head
+    monkeypatch.setattr(transfer, "fit_head", lambda *a, **k: seen.append(a[6]) or fit_head(*a, **k))
+    assert main(["eval", str(run), "--episodes", "2", "--set", "learner.lr=0.125", "--data-root",
+                 str(data_root), "-q"]) == 0
+    assert seen == [0.125, 0.125]  # positional lr of each episode's head
+    assert json.loads((run / "result.json").read_text())["protocol"]["overrides"] == ["learner.lr=0.125"]
+    assert "\nlr = 0.01\n" in (run / "config.toml").read_text()  # the run itself is unchanged
+
+
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
     assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--set", "train.stepz=3"]) == 2
     assert "train.stepz; valid in [train]" in capsys.readouterr().err
