@@ -4,8 +4,9 @@
 
 Trains experiments/multitask/alphabets.toml once per variant (a run directory each; finished runs
 are skipped, an interrupted one resumes), then prints a markdown report: mean held-out accuracy
-per variant with its wall time, the tasks that do worse shared than alone (negative transfer,
-against the independent networks), and per-task accuracies. ``--plot FILE`` also draws per-task
+per variant with its wall time, the paired difference to the independent networks, the tasks that
+do worse shared than alone (negative transfer; "clearly" when by more than their held-out
+intervals), and per-task accuracies. ``--plot FILE`` also draws per-task
 accuracy differences against independent networks (needs matplotlib; an .svg name keeps
 the plot a text file).
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 from metazoo.config import load_config
+from metazoo.evaluate import mean_ci95
 from metazoo.trainer import meta_train
 
 HERE = Path(__file__).parent
@@ -54,13 +57,22 @@ def run(name: str, overrides: list[str], args) -> dict:
 
 
 def report(results: dict[str, dict]) -> str:
+    """Per variant: mean held-out accuracy (interval over tasks), the paired difference to the
+    independent networks (mean over tasks of the per-task difference, with its interval over
+    tasks), and the tasks that do worse shared than alone: all of them, and those worse by more
+    than their two held-out intervals combined (sqrt(ci_a^2 + ci_b^2))."""
     alone = results.get("independent")
-    lines = ["| variant | mean held-out accuracy (95% CI over tasks) | tasks worse than alone | wall s |",
-             "|---|---|---|---|"]
+    lines = ["| variant | mean held-out accuracy (95% CI over tasks) | paired difference to independent, "
+             "points | tasks worse than alone (clearly worse) | wall s |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        worse = "" if alone is None or name == "independent" else str(sum(
-            r["tasks"][t]["accuracy"] < alone["tasks"][t]["accuracy"] for t in r["tasks"]))
-        lines.append(f"| {name} | {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} | {worse} | {r['wall']} |")
+        paired = worse = ""
+        if alone is not None and name != "independent":
+            a, b = alone["tasks"], r["tasks"]
+            diff, ci = mean_ci95([b[t]["accuracy"] - a[t]["accuracy"] for t in b])
+            paired = f"{100 * diff:+.2f} +- {100 * ci:.2f}"
+            clearly = sum(b[t]["accuracy"] - a[t]["accuracy"] < -math.hypot(a[t]["ci95"], b[t]["ci95"]) for t in b)
+            worse = f"{sum(b[t]['accuracy'] < a[t]['accuracy'] for t in b)} ({clearly})"
+        lines.append(f"| {name} | {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} | {paired} | {worse} | {r['wall']} |")
     names = list(next(iter(results.values()))["tasks"])
     lines += ["", "Per task (held-out test accuracy, %):", "",
               "| task | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
