@@ -46,8 +46,8 @@ class MultiTaskLearner(Learner):
     def __init__(self, backbone: nn.Module, outputs: Sequence[int] = (5,), losses: Sequence[str] | None = None,
                  sharing: str = "film", hidden: int = 256, weighting: str = "static",
                  weights: Sequence[float] | None = None, temperature: float = 2.0, period: int = 1,
-                 soft_sharing: float = 0.0, common_init: bool = False, cosine: bool = False, epochs: int = 100, batch_size: int = 4,
-                 lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> None:
+                 soft_sharing: float = 0.0, common_init: bool = False, cosine: bool = False, epochs: int = 100,
+                 batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> None:
         super().__init__(backbone)
         self.losses = list(losses) if losses is not None else ["classification"] * len(outputs)
         if len(self.losses) != len(outputs):

@@ -123,7 +123,8 @@ def alphabet_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
     """One task per alphabet: classify its characters (each rotation a class, as in the split)."""
     names = _parse(dataset)
     alphabets = list(dict.fromkeys(a for a, _, _ in names))
-    groups = {alphabet: torch.tensor([c for c, (a, _, _) in enumerate(names) if a == alphabet]) for alphabet in alphabets}
+    groups = {alphabet: torch.tensor([c for c, (a, _, _) in enumerate(names) if a == alphabet])
+              for alphabet in alphabets}
     return _class_subset_tasks(dataset, groups, **holdout)
 
 
