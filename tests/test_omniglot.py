@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metazoo.data import DatasetNotFoundError, Omniglot, create_dataset
+from metazoo.data import DatasetNotFoundError, EpisodeSampler, Omniglot, create_dataset
 from metazoo.data import omniglot as omni
 from metazoo.data.storage import download
 
@@ -62,6 +62,26 @@ def test_extracted_folders_are_read_like_the_archives(tmp_path):
     (root / "images_evaluation").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds 0 characters, expected 964"):
         omni.load_characters(tmp_path, cache=tmp_path / "cache")
+
+
+def test_random_character_split_has_maml_counts_and_follows_its_seed(data_root):
+    names, _ = omni.load_characters(data_root)
+    chars = {s: {c.rsplit("/", 1)[0] for c in omni.random_classes(s, names, seed=1)}
+             for s in ("train", "val", "test", "trainval")}
+    assert [len(chars[s]) for s in ("train", "val", "test")] == [1100, 100, 423]
+    assert not chars["train"] & chars["val"] and not chars["train"] & chars["test"] and not chars["val"] & chars["test"]
+    assert chars["trainval"] == chars["train"] | chars["val"]
+    # unlike the Vinyals split, test characters share alphabets with training ones
+    alphabets = {s: {c.split("/")[0] for c in v} for s, v in chars.items()}
+    assert alphabets["test"] <= alphabets["train"]
+    assert omni.random_classes("test", names, seed=1) == omni.random_classes("test", names, seed=1)
+    assert set(omni.random_classes("test", names, seed=2)) != set(omni.random_classes("test", names, seed=1))
+    test = Omniglot("test", root=data_root, character_split="random", split_seed=1)
+    assert test.num_classes == 4 * 423 and test.info["split"] == "random" and test.info["split_seed"] == 1
+    assert set(test.class_names) == set(omni.random_classes("test", names, seed=1))
+    assert EpisodeSampler(test, 5, 1, 1, seed=0, episodes=1).protocol()["class_split"] == "random (seed 1)"
+    with pytest.raises(ValueError, match="valid: vinyals, random"):
+        Omniglot("test", root=data_root, character_split="maml")
 
 
 def test_missing_data_names_every_place_looked(tmp_path):

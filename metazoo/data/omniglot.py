@@ -1,4 +1,4 @@
-"""Omniglot (Lake et al. 2015) with the Vinyals et al. (2016) class split.
+"""Omniglot (Lake et al. 2015) with the Vinyals et al. (2016) class split, or MAML's random one.
 
 Read from the two official archives, their extracted folders, or torchvision's ``omniglot-py``
 layout under the data root. The decoded images are cached as one uint8 tensor keyed by the
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .base import FewShotDataset
+from .image_folder import class_split
 from .images import FileTree, decode_all
 from .storage import DatasetNotFoundError, cache_dir, cached, data_root, download, source_key
 
@@ -44,6 +45,10 @@ VINYALS_TEST = [
     "ULOG",
 ]
 GURMUKHI_LAST_TRAIN = 41
+# MAML's code (Finn et al. 2017) shuffles all 1623 characters and takes 1100 for meta-training,
+# 100 for validation and the last 423 for testing: test characters share alphabets with training ones.
+RANDOM_COUNTS = (1100, 100, 423)
+CHARACTER_SPLITS = ("vinyals", "random")
 SPLITS = {
     "train": VINYALS_TRAIN,
     "val": VINYALS_VAL,
@@ -150,26 +155,51 @@ def load_characters(root: Path, size: int = 28, cache: str | os.PathLike | None 
     return entry["names"], entry["images"]
 
 
+def random_classes(split: str, characters: list[str], seed: int, rotations=ROTATIONS) -> list[str]:
+    """Class names of one split of a seeded random character split with MAML's counts
+    (:data:`RANDOM_COUNTS`), made by :func:`~metazoo.data.image_folder.class_split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown Omniglot split {split!r}; valid: {sorted(SPLITS)}")
+    total = sum(RANDOM_COUNTS)
+    if len(characters) != total:
+        raise ValueError(f"a random Omniglot split needs all {total} characters, got {len(characters)}")
+    record = class_split(characters, [c / total for c in RANDOM_COUNTS], seed)
+    picked = record["train"] + record["val"] if split == "trainval" else record[split]
+    return [f"{name}/rot{r:03d}" for name in picked for r in rotations]
+
+
 class Omniglot(FewShotDataset):
-    """Omniglot characters of one Vinyals split, each rotation a separate class.
+    """Omniglot characters of one split, each rotation a separate class.
 
     Args:
-        split: ``"train"`` (1028 characters), ``"val"`` (172), ``"test"`` (423) or
-            ``"trainval"`` (1200); times the number of rotations.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"trainval"`` (train and val); times the
+            number of rotations. Vinyals split: 1028 / 172 / 423 / 1200 characters, almost by
+            alphabet. Random split: 1100 / 100 / 423 / 1200 characters.
         root: data root (else ``$METAZOO_DATA``, else ``~/.metazoo/data``).
         image_size: side of the resized square images (28 in the papers).
         rotations: rotations in degrees that make classes of their own.
         download: fetch the official archives (md5-checked) into ``<root>/omniglot`` if missing.
         cache: folder for the decoded tensor cache.
+        character_split: ``"vinyals"`` (the split files of Vinyals et al., used by most papers)
+            or ``"random"``: the characters shuffled with ``split_seed``, as MAML's code does
+            (its own shuffle is not reproducible: it follows the file system's listing order).
+        split_seed: seed of the random character split (ignored for ``"vinyals"``).
     """
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, image_size: int = 28,
-                 rotations=ROTATIONS, download: bool = False, cache: str | os.PathLike | None = None) -> None:
+                 rotations=ROTATIONS, download: bool = False, cache: str | os.PathLike | None = None,
+                 character_split: str = "vinyals", split_seed: int = 1) -> None:
+        if character_split not in CHARACTER_SPLITS:
+            raise ValueError(f"unknown Omniglot character_split {character_split!r}; "
+                             f"valid: {', '.join(CHARACTER_SPLITS)}")
         base = data_root(root)
         if download:
             fetch(base)
         names, chars = load_characters(base, image_size, cache)
-        classes = vinyals_classes(split, names, rotations)
+        if character_split == "vinyals":
+            classes = vinyals_classes(split, names, rotations)
+        else:
+            classes = random_classes(split, names, split_seed, rotations)
         index = {n: i for i, n in enumerate(names)}
         picked = sorted({c.rsplit("/", 1)[0] for c in classes}, key=index.__getitem__)
         blocks = []
@@ -181,7 +211,8 @@ class Omniglot(FewShotDataset):
             torch.empty(0, 1, image_size, image_size, dtype=torch.uint8)
         super().__init__(
             images, [DRAWINGS] * len(classes), classes, name="omniglot", split=split,
-            info={"root": str(base), "split": "vinyals", "characters": len(picked),
+            info={"root": str(base), "split": character_split,
+                  **({"split_seed": split_seed} if character_split == "random" else {}), "characters": len(picked),
                   "rotations": list(rotations), "image_size": image_size},
         )
 
