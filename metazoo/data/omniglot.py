@@ -45,8 +45,8 @@ VINYALS_TEST = [
     "ULOG",
 ]
 GURMUKHI_LAST_TRAIN = 41
-# MAML's code (Finn et al. 2017) shuffles all 1623 characters and takes 1100 for meta-training,
-# 100 for validation and the last 423 for testing: test characters share alphabets with training ones.
+# MAML's code (Finn et al. 2017) shuffles all 1623 characters and meta-trains on the first 1100,
+# so test characters share alphabets with training ones; here 100 of the rest validate and 423 test.
 RANDOM_COUNTS = (1100, 100, 423)
 CHARACTER_SPLITS = ("vinyals", "random")
 SPLITS = {
