@@ -212,8 +212,8 @@ class Omniglot(FewShotDataset):
         super().__init__(
             images, [DRAWINGS] * len(classes), classes, name="omniglot", split=split,
             info={"root": str(base), "split": character_split,
-                  **({"split_seed": split_seed} if character_split == "random" else {}), "characters": len(picked),
-                  "rotations": list(rotations), "image_size": image_size},
+                  **({"split_seed": split_seed} if character_split == "random" else {}),
+                  "characters": len(picked), "rotations": list(rotations), "image_size": image_size},
         )
 
 
