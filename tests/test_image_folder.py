@@ -117,7 +117,7 @@ def test_min_images_drops_classes_but_keeps_the_split(folder, tmp_path):
     record = class_split(SIZES)
     assert d.class_names == [c for c in record["train"] if SIZES[c] >= 4]
     assert d.info["dropped"] == {c: SIZES[c] for c in record["train"] if SIZES[c] < 4}
-    assert d.info["class_split"] == record
+    assert d.info["class_split"] == record and d.info["split"] == "random (seed 0)"
 
 
 def test_grey_mode_and_errors(folder, tmp_path):

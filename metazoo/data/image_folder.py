@@ -144,7 +144,8 @@ class ImageFolder(FewShotDataset):
             images, [sizes[c] for c in kept], kept, name=self.dataset_name, split=split,
             mean=IMAGENET_MEAN if rgb else None, std=IMAGENET_STD if rgb else None,
             info={"source": str(source), "image_size": image_size, "mode": mode, "min_images": min_images,
-                  "class_split": record, "dropped": {c: sizes[c] for c in wanted if sizes[c] < min_images}},
+                  "split": f"random (seed {split_seed})", "class_split": record,
+                  "dropped": {c: sizes[c] for c in wanted if sizes[c] < min_images}},
         )
 
 

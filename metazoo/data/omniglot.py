@@ -211,8 +211,8 @@ class Omniglot(FewShotDataset):
             torch.empty(0, 1, image_size, image_size, dtype=torch.uint8)
         super().__init__(
             images, [DRAWINGS] * len(classes), classes, name="omniglot", split=split,
-            info={"root": str(base), "split": character_split,
-                  **({"split_seed": split_seed} if character_split == "random" else {}),
+            info={"root": str(base),
+                  "split": "vinyals" if character_split == "vinyals" else f"random (seed {split_seed})",
                   "characters": len(picked), "rotations": list(rotations), "image_size": image_size},
         )
 

@@ -117,14 +117,10 @@ class EpisodeSampler(torch.utils.data.Dataset):
         return Episode(support, query, classes, index)
 
     def protocol(self) -> dict:
-        """What fixes these episodes, for results rows (with the class split the dataset was made
-        by, where it records one: Omniglot's ``vinyals`` or ``random (seed s)``, mini-ImageNet's
-        ``ravi``, an image folder's ``random (seed s)``)."""
+        """What fixes these episodes, for results rows, with the class split the dataset was made
+        by where it records one (``info["split"]``: ``vinyals``, ``ravi``, ``random (seed s)``)."""
         out = {"dataset": self.dataset.name, "split": self.dataset.split, "ways": self.ways,
                "shots": self.shots, "queries": self.queries, "seed": self.seed}
-        info = self.dataset.info
-        if isinstance(info.get("split"), str):
-            out["class_split"] = info["split"] + (f" (seed {info['split_seed']})" if "split_seed" in info else "")
-        elif isinstance(info.get("class_split"), dict):
-            out["class_split"] = f"random (seed {info['class_split']['seed']})"
+        if "split" in self.dataset.info:
+            out["class_split"] = self.dataset.info["split"]
         return out
