@@ -1,19 +1,38 @@
-"""metazoo: few-shot meta-learning and multi-task learning behind one interface."""
+"""metazoo: few-shot meta-learning and multi-task learning behind one interface.
+
+The public names below are imported on first use, so ``import metazoo`` (and ``metazoo --help``,
+``--version``, ``list``) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .backbones import create_backbone, list_backbones  # noqa: E402
-from .config import Config, load_config  # noqa: E402
-from .data import (  # noqa: E402
-    DatasetNotFoundError, EpisodeSampler, EpisodeSizeError, FewShotDataset, Omniglot, create_dataset, list_datasets,
-)
-from .episode import Episode, LabeledSet  # noqa: E402
-from .evaluate import EvalResult, evaluate, meta_test  # noqa: E402
-from .learners import Learner, MatchingNet, ProtoNet, RelationNet, create_learner, list_learners  # noqa: E402
-from .trainer import meta_train  # noqa: E402
+_PUBLIC = {
+    "create_backbone": "backbones", "list_backbones": "backbones",
+    "Config": "config", "load_config": "config",
+    "DatasetNotFoundError": "data", "EpisodeSampler": "data", "EpisodeSizeError": "data", "FewShotDataset": "data",
+    "Omniglot": "data", "create_dataset": "data", "list_datasets": "data",
+    "Episode": "episode", "LabeledSet": "episode",
+    "EvalResult": "evaluate", "evaluate": "evaluate", "meta_test": "evaluate",
+    "Learner": "learners", "MatchingNet": "learners", "ProtoNet": "learners", "RelationNet": "learners",
+    "create_learner": "learners", "create_objective": "learners", "list_learners": "learners",
+    "MultiTaskObjective": "multitask", "Objective": "objective",
+    "Run": "run", "load_run": "run",
+    "meta_train": "trainer",
+}
 
-__all__ = [
-    "Config", "DatasetNotFoundError", "Episode", "EpisodeSampler", "EpisodeSizeError", "EvalResult",
-    "FewShotDataset", "LabeledSet", "Learner", "MatchingNet", "Omniglot", "ProtoNet", "RelationNet",
-    "create_backbone", "create_dataset", "create_learner", "evaluate", "list_backbones", "list_datasets",
-    "list_learners", "load_config", "meta_test", "meta_train",
-]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'metazoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

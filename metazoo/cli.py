@@ -1,89 +1,81 @@
-"""``metazoo``: list | train | eval | data check | bench."""
+"""``metazoo``: list | train | eval | data check | bench.
+
+Only the commands that train, evaluate or read data import torch; ``--help``, ``--version`` and
+``list`` do not.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import logging
 import sys
-import tomllib
 from pathlib import Path
-
-import torch
 
 from . import __version__
 
+EVAL_FLAGS = ("split", "ways", "shots", "queries", "episodes", "seed", "protocol")
+
+
+def config_files() -> list[Path]:
+    """Runnable configs: ``experiments/**/*.toml`` under the working directory and, for a source
+    checkout, beside the package (base configs in ``base/`` folders are not runnable cells)."""
+    roots = [Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"]
+    seen: dict[Path, Path] = {}
+    for root in roots:
+        for path in sorted(root.glob("**/*.toml")) if root.is_dir() else ():
+            if "base" not in path.relative_to(root).parts[:-1]:
+                seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .backbones import list_backbones
-    from .data import list_datasets
-    from .learners import list_learners
+    from .registry import REGISTRIES, load_plugins
 
-    print("learners: ", ", ".join(list_learners()))
-    print("backbones:", ", ".join(list_backbones()))
-    print("datasets: ", ", ".join(list_datasets()))
-    configs = sorted(Path("experiments").glob("**/*.toml"))
+    load_plugins(args.plugin)
+    for registry in REGISTRIES.values():
+        print(f"{registry.plural}: {registry.description}")
+        entries = registry.describe()
+        width = max((len(name) for name, _ in entries), default=0)
+        for name, description in entries:
+            print(f"  {name:<{width}}  {description}")
+    configs = config_files()
     if configs:
-        print("configs:  ", ", ".join(str(c) for c in configs))
+        print(f"configs ({len(configs)}):")
+        for path in configs:
+            print(f"  {path}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .evaluate import EvalResult
+    from .registry import load_plugins
     from .trainer import meta_train
 
+    load_plugins(args.plugin)
     config = load_config(args.config, args.set)
+    config.plugins = list(dict.fromkeys([*config.plugins, *args.plugin]))
     run_dir = Path(args.output or Path("runs") / Path(args.config).stem)
+    print(f"run: {run_dir} ({config.learner.get('name')} on {config.data.dataset}, {config.train.steps} steps)")
     summary = meta_train(config, run_dir, resume=args.resume, data_root=args.data_root,
                          progress=not args.quiet, test=not args.no_test)
-    print(f"run: {run_dir}")
     print(f"best validation accuracy {100 * summary['best']['accuracy']:.2f}% at step {summary['best']['step']}; "
           f"training took {summary['train_seconds']:.0f} s")
     if "test" in summary:
-        t = summary["test"]
-        p = t["protocol"]
-        if t.get("tasks"):
-            print(f"test: {EvalResult(**t)} -> {run_dir / 'result.json'}")
-            for name, metric in t["tasks"].items():
-                value = (f"{100 * metric['accuracy']:.2f} +- {100 * metric['ci95']:.2f}%" if "accuracy" in metric
-                         else f"mse {metric['mse']:.4f}")
-                print(f"  {name}: {value} ({metric['items']} images)")
-            return 0
-        what = f"{p['ways']}-way {p['shots']}-shot"
-        if t.get("curve"):
-            what = f"online, {p['ways']} classes x {p['shots'] + p['queries']} presentations"
-        print(f"test: {p['dataset']} {p['split']} {what}, {t['episodes']} episodes: "
-              f"{100 * t['mean']:.2f} +- {100 * t['ci95']:.2f}% (95% CI) -> {run_dir / 'result.json'}")
-        if t.get("curve"):
-            print("by presentation: " + ", ".join(f"{k + 1}: {100 * m:.2f} +- {100 * c:.2f}%"
-                                                  for k, (m, c) in enumerate(t["curve"])))
+        from .evaluate import EvalResult
+
+        print(f"test: {EvalResult(**summary['test']).report()}\nwrote {run_dir / 'result.json'}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .build import build_dataset, build_evaluation_sampler, build_learner, resolve_device
-    from .config import apply_overrides, from_dict
-    from .evaluate import evaluate, write_result
+    from .registry import load_plugins
+    from .trainer import test_run
 
-    run_dir = Path(args.run_dir)
-    config_path = run_dir / "config.toml"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a metazoo run directory?")
-    config = from_dict(apply_overrides(tomllib.loads(config_path.read_text()), args.set))
-    e = config.eval
-    for key in ("split", "ways", "shots", "queries", "episodes", "seed", "bn", "checkpoint", "protocol"):
-        if getattr(args, key) is not None:
-            setattr(e, key, getattr(args, key))
-    sampler = build_evaluation_sampler(config, "test", args.data_root)
-    device = resolve_device(config.train.device)
-    learner = build_learner(config, build_dataset(config, e.split, args.data_root)).to(device)
-    weights = torch.load(run_dir / f"{e.checkpoint}.pt", map_location=device, weights_only=False)
-    learner.load_state_dict(weights["learner"])
-    result = evaluate(learner, sampler, bn=e.bn, device=device, progress=not args.quiet, protocol=e.protocol)
-    result = dataclasses.replace(result, protocol={**result.protocol, "checkpoint": e.checkpoint,
-                                                   "step": weights["step"],
-                                                   **({"overrides": args.set} if args.set else {})})
-    write_result(result, run_dir)
-    print(result)
+    load_plugins(args.plugin)
+    overrides = [f"eval.{key}={getattr(args, key)}" for key in EVAL_FLAGS if getattr(args, key) is not None]
+    overrides += [f"learner.bn={args.bn}"] if args.bn is not None else []
+    result = test_run(args.run_dir, args.checkpoint or "best", args.data_root, not args.quiet,
+                      [*overrides, *args.set])
+    print(f"{result.report()}\nwrote {Path(args.run_dir) / 'result.json'} (and appended to results.jsonl)")
     return 0
 
 
@@ -94,8 +86,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(f"data root: {root}")
     found = 0
     for name in args.datasets or ["omniglot", "mini_imagenet", "caltech101"]:
-        if name not in DATASETS:
-            DATASETS.get_factory(name)  # raises, listing the valid names
+        DATASETS.check_name(name)
         for split in ("train", "val", "test"):
             try:
                 d = create_dataset(name, split=split, root=root)
@@ -110,7 +101,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from .benchmarks import main
+    from .bench import main
 
     return main(argv) or 0
 
@@ -119,22 +110,26 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metazoo", description="Few-shot meta-learning and multi-task learning.")
     p.add_argument("--version", action="version", version=f"metazoo {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: it registers its own learners, backbones, datasets, ... "
+                             "(recorded in the run's config, repeatable)")
 
-    s = sub.add_parser("list", help="registered learners, backbones, datasets and configs")
+    s = sub.add_parser("list", parents=[plugin], help="every registry's entries with a line each, and the configs")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("train", help="meta-train from a TOML config, then test the best checkpoint")
+    s = sub.add_parser("train", parents=[plugin], help="meta-train from a TOML config, then test the best checkpoint")
     s.add_argument("config")
     s.add_argument("-o", "--output", help="run directory (default runs/<config name>)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+                   help="override a config value, e.g. --set train.steps=100 (repeatable; docs/config.md)")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     s.add_argument("--data-root", help="data root (else data.root, $METAZOO_DATA, ~/.metazoo/data)")
     s.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a run's checkpoint on fixed test episodes")
+    s = sub.add_parser("eval", parents=[plugin], help="evaluate a run's checkpoint on fixed test items")
     s.add_argument("run_dir")
     s.add_argument("--split")
     s.add_argument("--ways", type=int)
@@ -142,15 +137,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--queries", type=int)
     s.add_argument("--episodes", type=int)
     s.add_argument("--seed", type=int)
-    s.add_argument("--bn", choices=["running", "transductive"])
+    s.add_argument("--bn", choices=["running", "transductive"],
+                   help="BatchNorm mode (the learner's bn setting; a gradient learner's is fixed by its training)")
     s.add_argument("--checkpoint", choices=["best", "last"])
-    s.add_argument("--protocol", choices=["episodic", "online", "multitask"],
-                   help="online: MANN's protocol (sequence learners), accuracy by presentation; multitask: the "
-                        "held-out images of a multi-task run's tasks (episodic on such a run: few-shot transfer)")
+    s.add_argument("--protocol", help="episodic, online (MANN's protocol: accuracy by presentation), multitask "
+                                      "(held-out images of a multi-task run's tasks), or a plugin's")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the run's config for this evaluation, e.g. test-time settings such as "
                         "--set learner.lr=0.001 (a fine-tuned head's learning rate); recorded in the result")
-    s.add_argument("--data-root")
+    s.add_argument("--data-root", help="data root (else the one the run recorded)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 
@@ -168,13 +163,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own options, parsed by metazoo.benchmarks
+    if argv[:1] == ["bench"]:  # its own options, parsed by metazoo.bench
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="metazoo: %(message)s")
     try:
         return args.func(args)
-    except (KeyError, TypeError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (KeyError, TypeError, ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
         if isinstance(err, TypeError) and "has no setting" not in str(err):
+            raise
+        if isinstance(err, ModuleNotFoundError) and not str(err).startswith("plugin module"):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"metazoo: error: {message}", file=sys.stderr)

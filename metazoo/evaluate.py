@@ -1,24 +1,20 @@
-"""The one evaluation path: fixed, seeded episodes -> mean accuracy with a 95% confidence interval."""
+"""The one evaluation path: fixed, seeded items -> a registered protocol -> an EvalResult (mean accuracy
+with a 95% confidence interval and the whole protocol that produced it)."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .data.sampling import EpisodeSampler
 from .data.storage import atomic_write_text
-from .learners.base import Learner
-from .learners.blackbox import all_items, presentation_index
-
-BN_MODES = ("running", "transductive")
-PROTOCOLS = ("episodic", "online", "multitask")
+from .objective import Objective
+from .protocols import mean_ci95
+from .registry import PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -47,117 +43,61 @@ class EvalResult:
         return asdict(self)
 
     def __str__(self) -> str:
+        """One line: what was evaluated, the mean with its 95% confidence interval, over how many."""
         p = self.protocol
-        what = f"{p.get('dataset', '?')} {p.get('split', '?')} {p.get('ways')}-way {p.get('shots')}-shot"
-        if self.curve:
-            what = (f"{p.get('dataset', '?')} {p.get('split', '?')} online, {p.get('ways')} classes x "
-                    f"{p.get('shots', 0) + p.get('queries', 0)} presentations")
+        where = f"{p.get('dataset', '?')} {p.get('split', '?')}"
         if self.tasks:
-            return (f"{p.get('dataset', '?')} {p.get('split', '?')} multi-task, held-out {p.get('part')} images: "
-                    f"mean accuracy {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} "
-                    f"classification tasks")
-        text = f"{what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% over {self.episodes} episodes"
+            return (f"{where} multi-task, held-out {p.get('part')} images: mean accuracy {100 * self.mean:.2f} +- "
+                    f"{100 * self.ci95:.2f}% (95% CI) over {self.episodes} classification tasks")
+        what = f"{p.get('ways')}-way {p.get('shots')}-shot"
         if self.curve:
-            text += "; by presentation: " + " / ".join(f"{100 * m:.1f}" for m, _ in self.curve)
-        return text
+            what = f"online, {p.get('ways')} classes x {p.get('shots', 0) + p.get('queries', 0)} presentations"
+        return f"{where} {what}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f}% (95% CI) over {self.episodes} episodes"
+
+    def report(self) -> str:
+        """The one line, then the accuracy by presentation or every task's metric where there are any."""
+        lines = [str(self)]
+        if self.curve:
+            lines.append("by presentation: " + ", ".join(f"{k + 1}: {100 * m:.2f} +- {100 * c:.2f}%"
+                                                          for k, (m, c) in enumerate(self.curve)))
+        for name, metric in self.tasks.items():
+            value = (f"{100 * metric['accuracy']:.2f} +- {100 * metric['ci95']:.2f}%" if "accuracy" in metric
+                     else f"mse {metric['mse']:.4f}")
+            lines.append(f"  {name}: {value} ({metric['items']} images)")
+        return "\n".join(lines)
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
-    return mean, 1.96 * std / math.sqrt(n)
+def evaluate(objective: Objective, items, protocol: str = "episodic", device: torch.device | str = "cpu",
+             progress: bool = False) -> EvalResult:
+    """Evaluate ``objective`` on the fixed ``items`` (e.g. an EpisodeSampler's episodes ``0 .. len - 1``)
+    by a registered protocol (``metazoo list``: episodic, online, multitask).
 
-
-def evaluate(learner: Learner, sampler: EpisodeSampler, bn: str = "running", device: torch.device | str = "cpu",
-             progress: bool = False, num_workers: int = 0, protocol: str = "episodic") -> EvalResult:
-    """Accuracy of ``learner`` on episodes ``0 .. len(sampler) - 1`` of ``sampler``.
-
-    ``bn="running"`` evaluates with BatchNorm's running statistics (no information flows
-    between query examples); ``bn="transductive"`` uses each batch's own statistics, as MAML's
-    paper did, on a copy of the learner so its running statistics are left untouched.
-
-    ``protocol="episodic"``: adapt on the support set, classify the queries. ``"online"`` (MANN's
-    protocol, sequence learners only): all items of an episode (support and query) in a random
-    order seeded by the episode's index, each step given the previous step's label; accuracy over
-    all steps, and by presentation (the accuracy on a class's 1st, 2nd, ... item) in ``curve``.
+    The protocol takes what it evaluates from the objective (the episodic protocol: its few-shot
+    learner), which runs in eval mode with its own BatchNorm mode (``bn``: running statistics, or
+    transductive batch statistics), and the result records that mode from the learner itself.
     """
-    if bn not in BN_MODES:
-        raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if protocol == "multitask":
-        return _evaluate_tasks(learner, sampler, bn, device, progress)
-    if protocol == "online" and not hasattr(learner, "online_logits"):
-        raise ValueError(f"the online protocol needs a sequence learner (lstm, mann, snail); "
-                         f"{type(learner).__name__} is not one")
-    was_training = learner.training
-    model = learner.eval() if bn == "running" else copy.deepcopy(learner).train()
-    loader = torch.utils.data.DataLoader(sampler, batch_size=None, shuffle=False, num_workers=num_workers)
-    accuracies, losses, curves, start = [], [], [], time.perf_counter()
-    with torch.no_grad():
-        for episode in tqdm(loader, total=len(sampler), desc="eval", disable=not progress, leave=False):
-            episode = episode.to(device)
-            if protocol == "online":
-                order = torch.Generator().manual_seed(episode.index)
-                logits, labels = model.online_logits(all_items(episode), order)
-                index, right = presentation_index(labels), logits.argmax(-1) == labels
-                curves.append([float(right[index == k].float().mean()) for k in range(1, int(index.max()) + 1)])
-            else:
-                logits, labels = model(episode), episode.query.labels
-            losses.append(float(model.loss(logits, labels)))
-            accuracies.append(float((logits.argmax(-1) == labels).float().mean()))
-    learner.train(was_training)
-    mean, ci95 = mean_ci95(accuracies)
-    curve = [list(mean_ci95([c[k] for c in curves])) for k in range(len(curves[0]))] if curves else []
-    settings = {**sampler.protocol(), "episodes": len(sampler), "bn": bn, "protocol": protocol}
-    return EvalResult(mean, ci95, len(accuracies), settings, sum(losses) / len(losses),
-                      time.perf_counter() - start, curve)
+    rule = PROTOCOLS.create(protocol)
+    model = rule.subject(objective)
+    start = time.perf_counter()
+    with model.evaluation():
+        fields = rule.run(model, items, device, progress)
+    settings = {**rule.describe(items), "bn": model.bn, "protocol": protocol}
+    return EvalResult(protocol=settings, seconds=time.perf_counter() - start, **fields)
 
 
-def _evaluate_tasks(learner: Learner, sampler, bn: str, device, progress: bool) -> EvalResult:
-    """Multi-task learning: every task's metric on its held-out images (a TaskEvalSampler)."""
-    if not hasattr(learner, "task_loss"):
-        raise ValueError(f"the multitask protocol needs a multi-task learner; {type(learner).__name__} is not one")
-    was_training = learner.training
-    model = learner.eval() if bn == "running" else copy.deepcopy(learner).train()
-    tasks = sampler.taskset.tasks
-    sums, counts, start = [0.0] * len(tasks), [0] * len(tasks), time.perf_counter()
-    with torch.no_grad():
-        for batch in tqdm(sampler, total=len(sampler), desc="eval", disable=not progress, leave=False):
-            batch = batch.to(device)
-            loss, out = model.task_loss(batch)
-            if tasks[batch.task].loss == "classification":
-                sums[batch.task] += float((out.argmax(-1) == batch.targets).sum())
-            else:
-                sums[batch.task] += float(loss) * len(batch.targets)
-            counts[batch.task] += len(batch.targets)
-    learner.train(was_training)
-    per_task, accuracies = {}, []
-    for task, total, n in zip(tasks, sums, counts):
-        value = total / max(n, 1)
-        if task.loss == "classification":
-            accuracies.append(value)
-            per_task[task.name] = {"accuracy": value, "ci95": 1.96 * math.sqrt(value * (1 - value) / max(n, 1)),
-                                   "items": n}
-        else:
-            per_task[task.name] = {"mse": value, "items": n}
-    mean, ci95 = mean_ci95(accuracies) if accuracies else (float("nan"), float("nan"))
-    settings = {**sampler.protocol(), "bn": bn, "protocol": "multitask"}
-    return EvalResult(mean, ci95, len(accuracies), settings, float("nan"), time.perf_counter() - start,
-                      tasks=per_task)
-
-
-def meta_test(learner: Learner, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,
-              seed: int = 1000, bn: str = "running", device: torch.device | str = "cpu", run_dir=None,
-              progress: bool = False, extra: dict | None = None, protocol: str = "episodic") -> EvalResult:
-    """Evaluate ``learner`` on ``episodes`` fixed episodes of ``dataset`` (a FewShotDataset split).
+def meta_test(learner: Objective, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,
+              seed: int = 1000, device: torch.device | str | None = None, run_dir=None, progress: bool = False,
+              extra: dict | None = None, protocol: str = "episodic") -> EvalResult:
+    """Evaluate ``learner`` on ``episodes`` fixed episodes of ``dataset`` (a FewShotDataset split), on
+    the learner's device unless ``device`` is given, with the learner's BatchNorm mode (``learner.bn``).
 
     With ``run_dir``, the result is written to ``run_dir/result.json`` and appended to
     ``run_dir/results.jsonl``.
     """
+    if device is None:
+        device = next(iter(learner.parameters()), torch.empty(0)).device
     sampler = EpisodeSampler(dataset, ways, shots, queries, seed=seed, episodes=episodes)
-    result = evaluate(learner, sampler, bn=bn, device=device, progress=progress, protocol=protocol)
+    result = evaluate(learner, sampler, device=device, progress=progress, protocol=protocol)
     if extra:
         result = dataclasses.replace(result, protocol={**result.protocol, **extra})
     if run_dir is not None:

@@ -1,42 +1,108 @@
-"""Registries: plain name -> factory dicts with ``create`` and ``names``."""
+"""The one registry mechanism: every named, pluggable component of metazoo, with a one-line description.
+
+A :class:`Registry` maps names to factories (classes or functions). An entry is either the
+factory itself (``@LEARNERS.register("name")`` on a class, as user code and plugins do) or a
+``"module:attribute"`` reference imported on first use, which is how the built-in entries are
+declared below: listing them (``metazoo list``) imports neither torch nor the components.
+
+User code adds entries by registering them in a module and loading that module: ``--plugin
+MODULE`` on the command line, ``plugins = ["MODULE"]`` in a config (recorded in every run, so
+``metazoo eval`` finds the component again), or a ``metazoo.plugins`` entry point of an
+installed package (loaded when a name is not found and before listing).
+
+This module imports nothing of torch or of the rest of metazoo.
+"""
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+ENTRY_POINT_GROUP = "metazoo.plugins"
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(KeyError, ValueError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class Registry(dict):
-    """A dict of factories; unknown names and unknown keyword arguments fail listing the valid ones."""
+@dataclass
+class Entry:
+    target: Callable | str  # the factory, or "module:attribute"
+    description: str
+    preset: dict  # keyword arguments the entry fixes (e.g. a sharing's conditioning)
 
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
 
-    def register(self, name: str) -> Callable:
+class Registry:
+    """Named factories of one kind; unknown names and unknown keyword arguments fail listing the valid ones."""
+
+    def __init__(self, kind: str, plural: str, description: str) -> None:
+        self.kind, self.plural, self.description = kind, plural, description
+        self._entries: dict[str, Entry] = {}
+        REGISTRIES[plural] = self
+
+    def add(self, name: str, target: Callable | str, description: str | None = None, **preset: Any) -> None:
+        """Add ``name``; ``target`` is a factory or a ``"module:attribute"`` reference."""
+        known = self._entries.get(name)
+        if known is not None and callable(target) and known.target == f"{target.__module__}:{target.__qualname__}":
+            known.target = target  # the declared entry's own module registering it as it is imported
+            return
+        if known is not None:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        if description is None:
+            doc = inspect.getdoc(target) if callable(target) else None
+            description = doc.strip().splitlines()[0] if doc else ""
+        self._entries[name] = Entry(target, description, preset)
+
+    def register(self, name: str, description: str | None = None) -> Callable:
+        """Decorator: ``@LEARNERS.register("mine")`` above a class or function (description: the
+        first line of its docstring unless given)."""
         def add(factory: Callable) -> Callable:
-            if name in self:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self[name] = factory
+            self.add(name, factory, description)
             return factory
         return add
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(name, description)`` of every entry, plugins from entry points included."""
+        load_entry_point_plugins()
+        return [(name, self._entries[name].description) for name in self.names()]
+
+    def check_name(self, name: str) -> None:
+        if name not in self._entries:
+            load_entry_point_plugins()
+        if name not in self._entries:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+
     def get_factory(self, name: str) -> Callable:
-        if name not in self:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self))}")
-        return self[name]
+        self.check_name(name)
+        entry = self._entries[name]
+        if isinstance(entry.target, str):
+            module, attribute = entry.target.split(":")
+            entry.target = getattr(importlib.import_module(module), attribute)
+        return entry.target
+
+    def preset(self, name: str) -> dict:
+        self.check_name(name)
+        return dict(self._entries[name].preset)
 
     def create(self, name: str, **kwargs: Any) -> Any:
         factory = self.get_factory(name)
+        kwargs = {**self._entries[name].preset, **kwargs}
         check_kwargs(factory, kwargs, f"{self.kind} {name!r}")
         return factory(**kwargs)
-
-    def names(self) -> list[str]:
-        return sorted(self)
 
 
 def accepted_kwargs(factory: Callable) -> dict[str, Any]:
@@ -55,3 +121,107 @@ def check_kwargs(factory: Callable, kwargs: dict, what: str) -> None:
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise TypeError(f"{what} has no setting {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(valid))}")
+
+
+_loaded_entry_points = False
+
+
+def load_entry_point_plugins() -> None:
+    """Import every module named by an installed package's ``metazoo.plugins`` entry points (once)."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        point.load()
+
+
+def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import user modules that register components (``--plugin``, a config's ``plugins``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module.split(".")[0] and err.name != module:
+                raise
+            raise ModuleNotFoundError(f"plugin module {module!r} not found (is it on PYTHONPATH, or installed?)",
+                                      name=module) from None
+
+
+REGISTRIES: dict[str, Registry] = {}
+
+LEARNERS = Registry("learner", "learners", "few-shot learners: adapt(support) -> classifier")
+BACKBONES = Registry("backbone", "backbones", "feature extractors")
+DATASETS = Registry("dataset", "datasets", "datasets, each split a uint8 tensor cache")
+OBJECTIVES = Registry("objective", "objectives", "what the trainer can optimise besides a few-shot learner")
+PROTOCOLS = Registry("protocol", "protocols", "evaluation protocols (eval.protocol)")
+TASKSETS = Registry("task set", "task sets", "multi-task task sets over a dataset split (multitask.tasks)")
+WEIGHTINGS = Registry("weighting", "weightings", "multi-task loss weightings (learner.weighting)")
+CONDITIONINGS = Registry("conditioning", "conditionings", "ways to condition a layer on a task descriptor")
+SHARINGS = Registry("sharing", "sharings", "how tasks share a multi-task network (learner.sharing)")
+OPTIMIZERS = Registry("optimiser", "optimisers", "outer-loop optimisers (optim.name)")
+SCHEDULES = Registry("schedule", "schedules", "learning-rate schedules (optim.schedule)")
+
+_L = "metazoo.learners."
+for _name, _target, _text in [
+    ("protonet", "protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017): squared Euclidean to class means"),
+    ("matching", "matching:MatchingNet", "Matching Networks (Vinyals et al. 2016): attention over the support set"),
+    ("relation", "relation:RelationNet", "Relation Networks (Sung et al. 2018): a learned relation module"),
+    ("maml", "gradient:MAML", "MAML (Finn et al. 2017): meta-learned initial weights; first_order for FOMAML"),
+    ("anil", "gradient:ANIL", "ANIL (Raghu et al. 2020): MAML adapting the head only"),
+    ("metasgd", "gradient:MetaSGD", "Meta-SGD (Li et al. 2017): MAML with a learned step size per weight"),
+    ("reptile", "gradient:Reptile", "Reptile (Nichol et al. 2018): first-order, moves toward adapted weights"),
+    ("lstm", "blackbox:RecurrentLearner", "an LSTM over (embedding, label) pairs: the plain black-box baseline"),
+    ("mann", "blackbox:MANN", "MANN (Santoro et al. 2016): LSTM controller, LRU-access external memory"),
+    ("snail", "blackbox:SNAIL", "SNAIL (Mishra et al. 2018): causal temporal convolutions and attention"),
+    ("baseline", "transfer:Baseline", "Baseline / Baseline++ (Chen et al. 2019): pretrain, fit a new head"),
+]:
+    LEARNERS.add(_name, _L + _target, _text)
+
+OBJECTIVES.add("multitask", "metazoo.multitask.objective:MultiTaskObjective",
+               "multi-task learning: sum_i w_i L_i over task mini-batches (trains on [multitask] tasks)")
+
+BACKBONES.add("conv4", "metazoo.backbones.conv4:Conv4", "Conv-4: four 3x3 conv-BN-ReLU-pool blocks")
+
+_D = "metazoo.data."
+DATASETS.add("omniglot", _D + "omniglot:Omniglot", "Omniglot (Lake et al. 2015), Vinyals or MAML's random split")
+DATASETS.add("mini_imagenet", _D + "mini_imagenet:MiniImageNet", "mini-ImageNet (Ravi & Larochelle split), user's copy")
+DATASETS.add("image_folder", _D + "image_folder:ImageFolder", "any folder of class folders, with a seeded class split")
+DATASETS.add("caltech101", _D + "image_folder:Caltech101", "Caltech-101 at 84x84, the project's seeded class split")
+
+_E = "metazoo.protocols:"
+PROTOCOLS.add("episodic", _E + "Episodic", "adapt on each support set, classify its queries; mean with 95% CI")
+PROTOCOLS.add("online", _E + "Online", "MANN's protocol: accuracy by presentation of a class (sequence learners)")
+PROTOCOLS.add("multitask", _E + "PerTask", "every task's metric on the held-out images of a multi-task run")
+
+_T = "metazoo.multitask.tasks:"
+TASKSETS.add("alphabets", _T + "alphabet_tasks", "Omniglot: one task per alphabet, classify its characters")
+TASKSETS.add("attributes", _T + "attribute_tasks", "Omniglot: character, alphabet, rotation and ink of one image")
+TASKSETS.add("class_groups", _T + "class_group_tasks", "any dataset: its classes dealt into seeded disjoint groups")
+
+_W = "metazoo.multitask.weighting:"
+WEIGHTINGS.add("static", _W + "StaticWeights", "fixed weights, equal unless given")
+WEIGHTINGS.add("uncertainty", _W + "UncertaintyWeights", "homoscedastic uncertainty (Kendall et al. 2018)")
+WEIGHTINGS.add("dwa", _W + "DynamicWeightAverage", "dynamic weight average (Liu et al. 2019)")
+WEIGHTINGS.add("gradnorm", _W + "GradNorm", "gradient normalisation (Chen et al. 2018)")
+
+_C = "metazoo.multitask.conditioning:"
+CONDITIONINGS.add("concat", _C + "Concat", "a linear layer on [x; z]")
+CONDITIONINGS.add("additive", _C + "Additive", "W x + b + U z: the descriptor shifts the layer")
+CONDITIONINGS.add("multiplicative", _C + "Multiplicative", "(W x + b) * (G z): the descriptor gates each unit")
+CONDITIONINGS.add("film", _C + "FiLM", "(W x + b) * (G z) + U z (Perez et al. 2018)")
+
+_S = "metazoo.multitask.model:"
+for _name in CONDITIONINGS.names():
+    SHARINGS.add(_name, _S + "Conditioned", f"one trunk and hidden layer, conditioned by {_name}",
+                 conditioning=_name)
+SHARINGS.add("multihead", _S + "MultiHead", "one shared trunk, a hidden and output layer per task")
+SHARINGS.add("independent", _S + "Independent", "a network per task, nothing shared (soft sharing can pull them)")
+
+_O = "metazoo.optim:"
+OPTIMIZERS.add("adam", _O + "adam", "Adam (lr, weight_decay)")
+OPTIMIZERS.add("sgd", _O + "sgd", "SGD with momentum (lr, momentum, weight_decay)")
+SCHEDULES.add("step", _O + "step_schedule", "times gamma every step_size steps (0: constant)")
+SCHEDULES.add("linear", _O + "linear_schedule", "down to 0 at train.steps (Reptile)")

@@ -1,116 +1,163 @@
-"""The one meta-training loop, for every learner.
+"""The one meta-training loop, for every objective.
 
-Step ``s`` (1-based) trains on items ``(s-1)*B .. s*B-1`` of the seeded training sampler
-(B = meta-batch size; the items are episodes, or for multi-task learning one task's data batch
-each), so a resumed run sees exactly the items it would have seen. No global
-state: everything a run needs is built from its Config, which makes splitting a meta-batch
-across processes a matter of giving each rank its share of those episode indices.
+Step ``s`` (1-based) trains on items ``(s-1)*B .. s*B-1`` of the objective's seeded training items
+(B = meta-batch size; episodes for a few-shot learner, one task's data batch each for multi-task
+learning), so a resumed run sees exactly the items it would have seen. No global state:
+everything a run needs is built from its Config, which makes splitting a meta-batch across
+processes a matter of giving each rank its share of those item indices.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
+import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .build import (build_dataset, build_evaluation_sampler, build_learner, build_optimizer, build_training_sampler,
-                    resolve_device, resolve_learner_settings)
+from .build import build_dataset, build_objective, build_optimizer, resolve_config, resolve_device
 from .config import Config, dump_toml
 from .data.storage import atomic_save
-from .evaluate import evaluate, write_result
+from .evaluate import EvalResult, evaluate, write_result
+from .objective import Objective
+from .registry import PROTOCOLS
+from .run import BEST, CONFIG, LAST, METRICS, load_checkpoint, load_run
 
-LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.toml"
+LOG = logging.getLogger("metazoo")
 
 
 class RunExistsError(FileExistsError):
     pass
 
 
+@dataclass
+class Training:
+    """Everything one meta-training run holds while it trains."""
+
+    config: Config
+    run_dir: Path
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    items: torch.utils.data.Dataset
+    val_items: object
+    device: torch.device
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"step": 0, "accuracy": -1.0})
+
+    def checkpoint(self, path: Path) -> None:
+        atomic_save({"step": self.step, "best": self.best, "learner": self.objective.state_dict(),
+                     "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict()}, path)
+
+
 def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_root: str | Path | None = None,
                progress: bool = True, test: bool = True) -> dict:
-    """Meta-train the configured learner, validating and checkpointing into ``run_dir``.
+    """Meta-train the configured objective, validating and checkpointing into ``run_dir``.
 
-    Writes ``config.toml`` (resolved), ``metrics.jsonl``, ``last.pt`` and ``best.pt`` (by
-    validation accuracy), and, if ``test``, evaluates the ``eval.checkpoint`` weights with the
-    ``[eval]`` protocol into ``result.json``. Returns a summary dict.
+    Writes ``config.toml`` (every resolved value), ``metrics.jsonl``, ``last.pt`` and ``best.pt``
+    (by validation accuracy), and, if ``test``, evaluates the ``eval.checkpoint`` weights with the
+    ``[eval]`` protocol into ``result.json``. Nothing is written until the run could be built (a
+    bad setting or missing data leaves no directory behind). Returns a summary dict.
     """
     run_dir = Path(run_dir)
-    t, device = config.train, resolve_device(config.train.device)
     if (run_dir / LAST).exists() and not resume:
         raise RunExistsError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              "or choose another run directory")
+    run = prepare(config, run_dir, data_root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_set = build_dataset(config, "train", data_root)
-    config = copy.deepcopy(config)  # the caller's config is left as it was
-    resolve_learner_settings(config, train_set)
-    (run_dir / CONFIG).write_text(dump_toml(config.to_dict()))
-
-    torch.manual_seed(t.seed)
-    learner = build_learner(config, train_set).to(device)
-    optimizer, scheduler = build_optimizer(config, learner)
-    train_items = build_training_sampler(config, train_set, learner)  # episodes, or task batches
-    e = config.eval
-    val_items = build_evaluation_sampler(config, "val", data_root, train_set)
-
-    start, best = 0, {"step": 0, "accuracy": -1.0}
+    (run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
     if resume and (run_dir / LAST).exists():
-        state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best = state["step"], state["best"]
-        _truncate_metrics(run_dir / METRICS, start)
-
-    def checkpoint(step: int, path: Path) -> None:
-        atomic_save({"step": step, "best": best, "learner": learner.state_dict(), "config": config.to_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
-
-    indices = range(start * t.meta_batch_size, t.steps * t.meta_batch_size)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_items, indices), batch_size=t.meta_batch_size,
-                                         collate_fn=list, num_workers=t.num_workers)
-    bar = tqdm(total=t.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
-    clock, step = time.perf_counter(), start
-    with open(run_dir / METRICS, "a") as metrics:
-        for step, batch in enumerate(loader, start + 1):
-            learner.train()
-            optimizer.zero_grad(set_to_none=True)
-            stats = learner.meta_backward([item.to(device) for item in batch])
-            optimizer.step()
-            scheduler.step()
-            bar.update()
-            if step % t.log_every == 0 or step == t.steps:
-                row = {"step": step, "split": "train", **{k: float(v) for k, v in stats.items()},
-                       "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - clock}
-                _write(metrics, row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
-            if (t.val_every and step % t.val_every == 0) or step == t.steps:
-                result = evaluate(learner, val_items, bn=e.bn, device=device, protocol=e.protocol)
-                _write(metrics, {"step": step, "split": "val", "loss": result.loss, "accuracy": result.mean,
-                                 "ci95": result.ci95, "seconds": time.perf_counter() - clock})
-                if result.mean > best["accuracy"]:
-                    best = {"step": step, "accuracy": result.mean}
-                    checkpoint(step, run_dir / BEST)
-                checkpoint(step, run_dir / LAST)
-                bar.write(f"step {step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
-                          f"(best {100 * best['accuracy']:.2f}% at step {best['step']})")
-    bar.close()
-    summary = {"run_dir": str(run_dir), "steps": step, "best": best,
+        restore(run)
+    clock = time.perf_counter()
+    train_steps(run, progress)
+    summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best,
                "train_seconds": time.perf_counter() - clock}
     if test:
-        weights = torch.load(run_dir / (BEST if e.checkpoint == "best" else LAST), map_location=device,
-                             weights_only=False)
-        learner.load_state_dict(weights["learner"])
-        result = evaluate(learner, build_evaluation_sampler(config, "test", data_root, train_set), bn=e.bn,
-                          device=device, progress=progress, protocol=e.protocol)
-        result = dataclasses.replace(result, protocol={**result.protocol, "checkpoint": e.checkpoint,
-                                                       "step": weights["step"]})
-        write_result(result, run_dir)
-        summary["test"] = result.to_dict()
+        summary["test"] = test_run(run_dir, run.config.eval.checkpoint, data_root, progress).to_dict()
     return summary
+
+
+def prepare(config: Config, run_dir: Path, data_root: str | Path | None) -> Training:
+    """Build the run's objects from ``config``: data, resolved config, objective, optimiser, items."""
+    train_set = build_dataset(config, "train", data_root)
+    config = resolve_config(config, train_set, data_root)
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    objective = build_objective(config).to(device)
+    optimizer, scheduler = build_optimizer(config, objective)
+    items = objective.training_items(train_set, config)
+    val_items = PROTOCOLS.create(config.eval.protocol).items(config, "val", data_root, train_set)
+    return Training(config, run_dir, objective, optimizer, scheduler, items, val_items, device)
+
+
+def restore(run: Training) -> None:
+    """Continue from ``last.pt``: weights, optimiser, schedule, step and best; later metric rows go."""
+    state = load_checkpoint(run.run_dir / LAST, run.device)
+    run.objective.load_state_dict(state["learner"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.step, run.best = state["step"], state["best"]
+    _truncate_metrics(run.run_dir / METRICS, run.step)
+
+
+def train_steps(run: Training, progress: bool) -> None:
+    """Steps ``run.step + 1 .. train.steps``: log every ``log_every``, validate and checkpoint every
+    ``val_every`` and at the end."""
+    t = run.config.train
+    indices = range(run.step * t.meta_batch_size, t.steps * t.meta_batch_size)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=t.meta_batch_size,
+                                         collate_fn=list, num_workers=t.num_workers)
+    bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
+    clock = time.perf_counter()
+    with open(run.run_dir / METRICS, "a") as metrics:
+        for run.step, batch in enumerate(loader, run.step + 1):
+            run.objective.train()
+            run.optimizer.zero_grad(set_to_none=True)
+            stats = run.objective.meta_backward([item.to(run.device) for item in batch])
+            run.optimizer.step()
+            run.scheduler.step()
+            bar.update()
+            if run.step % t.log_every == 0 or run.step == t.steps:
+                row = {"step": run.step, "split": "train", **{k: float(v) for k, v in stats.items()},
+                       "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - clock}
+                _write(metrics, row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
+            if (t.val_every and run.step % t.val_every == 0) or run.step == t.steps:
+                result = validate(run, progress)
+                _write(metrics, {"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean,
+                                 "ci95": result.ci95, "seconds": time.perf_counter() - clock})
+                (bar.write if progress else LOG.info)(
+                    f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
+                    f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
+    bar.close()
+
+
+def validate(run: Training, progress: bool) -> EvalResult:
+    """Evaluate on the fixed validation items; checkpoint ``best.pt`` when better, and ``last.pt``."""
+    result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, progress)
+    if result.mean > run.best["accuracy"]:
+        run.best = {"step": run.step, "accuracy": result.mean}
+        run.checkpoint(run.run_dir / BEST)
+    run.checkpoint(run.run_dir / LAST)
+    return result
+
+
+def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Path | None = None,
+             progress: bool = False, overrides: list[str] | tuple[str, ...] = ()) -> EvalResult:
+    """Reload a run (:func:`~metazoo.run.load_run`), evaluate it on the test items of its ``[eval]``
+    protocol, and record the result (``result.json``, ``results.jsonl``) with the checkpoint, its
+    step and any ``overrides`` (test-time settings)."""
+    run = load_run(run_dir, checkpoint, overrides, data_root)
+    rule = PROTOCOLS.create(run.config.eval.protocol)
+    items = rule.items(run.config, "test", data_root)
+    result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress)
+    extra = {"checkpoint": checkpoint, "step": run.step, **({"overrides": list(overrides)} if overrides else {})}
+    result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})
+    write_result(result, run.dir)
+    return result
 
 
 def _write(f, row: dict) -> None:

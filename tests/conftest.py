@@ -43,21 +43,10 @@ def toy_dataset(class_sizes=(6, 8, 5, 7, 9, 6), channels=1, side=4, name="toy", 
                           name=name, split=split)
 
 
-def training_batch(learner, episodes) -> list:
-    """What ``learner.meta_loss`` trains on for these episodes: the episodes, or for a learner that
-    trains on tasks, each episode's images and labels as one task's batch (task i for episode i)."""
-    if learner.trains_on == "episodes":
-        return list(episodes)
-    from metazoo.multitask.tasks import TaskBatch
-
-    return [TaskBatch(i % len(learner.net.outputs), torch.cat([e.support.inputs, e.query.inputs]),
-                      torch.cat([e.support.labels, e.query.labels])) for i, e in enumerate(episodes)]
-
-
 def overfits(learner, episode, steps: int = 100, lr: float = 1e-2) -> bool:
     """Meta-train ``learner`` on one episode with Adam; True if it then classifies every query right."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
-    batch = training_batch(learner, [episode])
+    batch = [episode]
     for _ in range(steps):
         loss, _ = learner.meta_loss(batch)
         optimizer.zero_grad()

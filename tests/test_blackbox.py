@@ -234,5 +234,5 @@ def test_online_evaluation_reports_accuracy_by_presentation():
     assert evaluate(learner, sampler, protocol="online").curve == result.curve  # seeded order
     with pytest.raises(ValueError, match="needs a sequence learner"):
         evaluate(create_learner("protonet", backbone=dict(BACKBONE)), sampler, protocol="online")
-    with pytest.raises(ValueError, match="valid: episodic, online"):
+    with pytest.raises(ValueError, match="valid: episodic, multitask, online"):
         evaluate(learner, sampler, protocol="offline")

@@ -23,10 +23,12 @@ def test_train_then_eval_with_another_protocol(tmp_path, data_root, capsys):
     run = tmp_path / "run"
     assert main(["train", CONFIG, "-o", str(run), "--data-root", str(data_root), *TINY]) == 0
     out = capsys.readouterr().out
-    assert "test: omniglot test 5-way 1-shot, 5 episodes" in out
+    assert "test: omniglot test 5-way 1-shot: " in out and "(95% CI) over 5 episodes" in out
     assert main(["eval", str(run), "--ways", "3", "--shots", "2", "--episodes", "4", "--data-root",
                  str(data_root), "-q"]) == 0
-    assert "3-way 2-shot" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "omniglot test 3-way 2-shot: " in out and "(95% CI) over 4 episodes" in out
+    assert f"wrote {run / 'result.json'}" in out
     result = json.loads((run / "result.json").read_text())
     assert result["protocol"]["ways"] == 3 and result["episodes"] == 4
     assert len((run / "results.jsonl").read_text().splitlines()) == 2
@@ -45,7 +47,8 @@ def test_eval_overrides_test_time_settings_and_records_them(tmp_path, data_root,
     assert main(["eval", str(run), "--episodes", "2", "--set", "learner.lr=0.125", "--data-root",
                  str(data_root), "-q"]) == 0
     assert seen == [0.125, 0.125]  # positional lr of each episode's head
-    assert json.loads((run / "result.json").read_text())["protocol"]["overrides"] == ["learner.lr=0.125"]
+    assert json.loads((run / "result.json").read_text())["protocol"]["overrides"] == ["eval.episodes=2",
+                                                                                      "learner.lr=0.125"]
     assert "\nlr = 0.01\n" in (run / "config.toml").read_text()  # the run itself is unchanged
 
 
@@ -57,7 +60,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
 def test_unknown_learner_is_a_clear_error(tmp_path, data_root, capsys):
     assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--data-root", str(data_root),
                  "--set", "learner.name=maml2"]) == 2
-    assert "unknown learner 'maml2'; valid:" in capsys.readouterr().err
+    assert "learner.name = 'maml2': unknown learner; valid: 'anil'" in capsys.readouterr().err
 
 
 def test_data_check_reports_counts(data_root, capsys):

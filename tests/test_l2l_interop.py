@@ -2,9 +2,6 @@
 
 The ``episode_from_task`` tests need no learn2learn; the others skip without it.
 """
-import io
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -129,61 +126,3 @@ def test_omniglot_taskset_with_remapped_labels_matches_its_own_labels(omniglot):
         expected = task[0][task[1] == k]
         assert torch.equal(ep.support.inputs[ep.support.labels == k], expected[:shots])
         assert torch.equal(ep.query.inputs[ep.query.labels == k], expected[shots:])
-
-
-def test_benchmark_runs_end_to_end_on_a_tiny_budget(data_root, capsys):
-    """The benchmark is not a test; this only keeps it runnable as the code around it changes."""
-    l2l()
-    from metazoo.benchmarks import main
-
-    # the learn2learn standard pipeline decodes PNGs (and extracts Omniglot on first use): not here
-    main(["--data-root", str(data_root), "--episodes", "2", "--repeats", "1", "--steps", "1", "--warmup", "0",
-          "--train-episodes", "1", "--skip", "l2l-standard"])
-    out = capsys.readouterr().out
-    assert "| 60-way 1-shot 5-query |" in out and "ProtoNet overhead" in out and "MetaDataset construction" in out
-    assert "metazoo / pre-decoded" in out and "| skipped | n/a |" in out and "standard pipeline skipped" in out
-
-
-def tiny_omniglot_archives(root: Path) -> None:
-    """``root/omniglot/images_{background,evaluation}.zip``, one character of two 105x105 drawings each."""
-    from PIL import Image
-
-    (root / "omniglot").mkdir(parents=True)
-    for part, alphabet in (("images_background", "Latin"), ("images_evaluation", "Tengwar")):
-        with zipfile.ZipFile(root / "omniglot" / f"{part}.zip", "w") as archive:
-            for k in (1, 2):
-                png = io.BytesIO()
-                Image.new("1", (105, 105), 1).save(png, "PNG")
-                archive.writestr(f"{part}/{alphabet}/character01/0101_0{k}.png", png.getvalue())
-
-
-def test_l2l_omniglot_root_extracts_once_into_torchvisions_layout(tmp_path):
-    from torchvision.datasets import Omniglot as TorchvisionOmniglot
-
-    from metazoo.benchmarks import extracted_omniglot_accepted, l2l_omniglot_root
-
-    tiny_omniglot_archives(tmp_path / "data")
-    root = l2l_omniglot_root(tmp_path / "data", cache=tmp_path / "cache")
-    assert root == tmp_path / "cache" / "l2l-omniglot"
-    for part, alphabet in (("images_background", "Latin"), ("images_evaluation", "Tengwar")):
-        assert sorted(p.name for p in (root / "omniglot-py" / part / alphabet / "character01").iterdir()) == \
-            ["0101_01.png", "0101_02.png"]
-    assert not [p for p in (root / "omniglot-py").iterdir() if p.name.startswith(".")]  # no temporary left
-    marker = root / "omniglot-py" / "images_background" / "marker"
-    marker.touch()
-    assert l2l_omniglot_root(tmp_path / "data", cache=tmp_path / "cache") == root and marker.exists()  # not redone
-
-    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the archives' md5 is not the official one
-        TorchvisionOmniglot(str(root), background=True)
-    with extracted_omniglot_accepted():
-        assert len(TorchvisionOmniglot(str(root), background=True)) == 2
-    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the check is back
-        TorchvisionOmniglot(str(root), background=False)
-
-    l2l()
-    from learn2learn.vision.datasets import FullOmniglot
-    from torchvision import transforms
-
-    with extracted_omniglot_accepted():
-        full = FullOmniglot(str(root), transform=transforms.Compose([transforms.Resize(28), transforms.ToTensor()]))
-    assert len(full) == 4 and full[0][0].shape == (1, 28, 28) and [full[i][1] for i in range(4)] == [0, 0, 1, 1]

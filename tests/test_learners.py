@@ -12,7 +12,7 @@ from metazoo.learners import ProtoNet
 from metazoo.learners import LEARNERS
 from metazoo.registry import UnknownNameError, accepted_kwargs
 
-from .conftest import overfits, toy_dataset, training_batch
+from .conftest import overfits, toy_dataset
 
 BACKBONE = {"name": "conv4", "in_channels": 1, "width": 8, "image_size": 16}
 
@@ -42,7 +42,7 @@ def test_logits_have_the_right_shape_and_are_finite(learner):
 
 
 def test_gradients_reach_every_meta_parameter(learner):
-    loss, metrics = learner.meta_loss(training_batch(learner, [episode(), episode(index=1)]))
+    loss, metrics = learner.meta_loss([episode(), episode(index=1)])
     loss.backward()
     missing = [n for n, p in learner.named_parameters()
                if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]

@@ -174,7 +174,7 @@ def test_conditioned_net_uses_the_task_descriptor():
         net.conditioning.shift.weight.normal_()
     x = torch.randn(5, 6)
     assert not torch.allclose(net(x, 0), net(x, 1))  # only z differs
-    with pytest.raises(ValueError, match="valid: concat, additive, multiplicative, film, multihead, independent"):
+    with pytest.raises(ValueError, match="valid: additive, concat, film, independent, multihead, multiplicative"):
         MultiTaskNet(Trunk(), outputs=[2], sharing="shared")
 
 
@@ -276,10 +276,10 @@ def test_task_batch_sampler_is_seeded_and_draws_distinct_tasks_per_step():
 
 # --- the multi-task learner and the trainer -------------------------------------------------------
 def small_learner(**settings):
-    from metazoo.learners import MultiTaskLearner
+    from metazoo.multitask import MultiTaskObjective
 
     torch.manual_seed(0)
-    return MultiTaskLearner(Trunk(), outputs=[3, 2, 1], losses=["classification", "classification", "regression"],
+    return MultiTaskObjective(Trunk(), outputs=[3, 2, 1], losses=["classification", "classification", "regression"],
                             hidden=8, **settings)
 
 
@@ -353,9 +353,9 @@ def test_a_learner_and_a_config_that_disagree_on_tasks_fail_clearly(tmp_path):
 
     config = from_dict({"learner": {"name": "protonet"}, "multitask": {"tasks": "alphabets"},
                         "backbone": {"name": "conv4", "width": 8}, "train": {"steps": 1}})
-    with pytest.raises(ValueError, match="trains on episodes, but the config sets \\[multitask\\] tasks"):
+    with pytest.raises(ValueError, match="\\[multitask\\] tasks is set, but learner 'protonet' trains on episodes"):
         meta_train(config, tmp_path / "a", progress=False)
     config = from_dict({"learner": {"name": "multitask"}, "backbone": {"name": "conv4", "width": 8},
                         "train": {"steps": 1}})
-    with pytest.raises(ValueError, match="trains on tasks, but the config has no \\[multitask\\] tasks"):
+    with pytest.raises(ValueError, match="multi-task training needs \\[multitask\\] tasks: one of alphabets"):
         meta_train(config, tmp_path / "b", progress=False)

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metazoo.build import resolve_learner_settings
 from metazoo.config import Config
 from metazoo.episode import Episode, LabeledSet
 from metazoo.learners import Baseline
@@ -34,8 +33,8 @@ def test_pretraining_scores_every_image_against_its_dataset_class():
     torch.testing.assert_close(logits, learner.head(inputs))
     loss, _ = learner.meta_loss([ep])
     torch.testing.assert_close(loss, F.cross_entropy(learner.head(inputs), labels))
-    with pytest.raises(ValueError, match="outside the pretraining head's 6 classes"):
-        Baseline(Flat(), classes=6).meta_loss([ep])
+    with pytest.raises(ValueError, match="has 7 classes, more than the pretraining head's 6"):
+        Baseline(Flat(), classes=6).training_items(toy_dataset(class_sizes=(8,) * 7, side=16), Config())
 
 
 def test_cosine_classifier_by_hand():
@@ -74,9 +73,9 @@ def test_default_fine_tuning_fits_the_support_set_and_is_deterministic():
 
 
 def test_the_trainer_sizes_the_pretraining_head_from_the_training_split():
-    config = Config(learner={"name": "baseline", "cosine": True})
-    resolve_learner_settings(config, toy_dataset(class_sizes=(8,) * 7, side=16))
-    assert config.learner["classes"] == 7
-    config = Config(learner={"name": "baseline", "classes": 3})
-    resolve_learner_settings(config, toy_dataset(class_sizes=(8,) * 7, side=16))
-    assert config.learner["classes"] == 3
+    settings = {"name": "baseline", "cosine": True}
+    Baseline.resolve_settings(settings, Config(learner=settings), toy_dataset(class_sizes=(8,) * 7, side=16))
+    assert settings["classes"] == 7
+    settings = {"name": "baseline", "classes": 3}
+    Baseline.resolve_settings(settings, Config(learner=settings), toy_dataset(class_sizes=(8,) * 7, side=16))
+    assert settings["classes"] == 3

@@ -1,12 +1,11 @@
-"""Datasets (each split a FewShotDataset), episode sampling, and the dataset registry."""
+"""Datasets (each split a FewShotDataset) and episode sampling; their registry is
+:data:`metazoo.registry.DATASETS`."""
 from __future__ import annotations
 
-from ..registry import Registry
+from ..registry import DATASETS
 from .base import FewShotDataset
 from .sampling import EpisodeSampler, EpisodeSizeError
 from .storage import DatasetNotFoundError, cache_dir, data_root
-
-DATASETS = Registry("dataset")
 
 
 def create_dataset(name: str, split: str = "train", **kwargs) -> FewShotDataset:
@@ -21,11 +20,6 @@ def list_datasets() -> list[str]:
 from .image_folder import Caltech101, ImageFolder  # noqa: E402
 from .mini_imagenet import MiniImageNet  # noqa: E402
 from .omniglot import Omniglot  # noqa: E402
-
-DATASETS.register("omniglot")(Omniglot)
-DATASETS.register("mini_imagenet")(MiniImageNet)
-DATASETS.register("image_folder")(ImageFolder)
-DATASETS.register("caltech101")(Caltech101)
 
 __all__ = [
     "DATASETS", "Caltech101", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError", "FewShotDataset",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 import torch
+
+LOG = logging.getLogger("metazoo")
 
 DATA_ENV = "METAZOO_DATA"
 CACHE_ENV = "METAZOO_CACHE"
@@ -87,6 +90,8 @@ def cached(path: Path, build) -> object:
             return torch.load(path, weights_only=False)
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             path.unlink(missing_ok=True)
+    LOG.info("decoding the images into the cache %s (first use of this split: this can take a minute or more)",
+             path)
     obj = build()
     atomic_save(obj, path)
     return obj

@@ -7,13 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.sampling import EpisodeSampler
 from ..episode import Episode, LabeledSet
+from ..objective import Objective
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]  # inputs (n, ...) -> logits (n, ways)
 
 
-class Learner(nn.Module):
-    """Base class of every learner.
+class Learner(Objective):
+    """Base class of every few-shot learner: the objective whose training items are episodes.
 
     Subclasses implement ``adapt(support) -> classifier``. ``adapt`` sees only the support set
     (so no learner can use query labels) and mutates no module state: anything it learns from
@@ -21,18 +23,32 @@ class Learner(nn.Module):
     a learner may override ``forward`` when it computes the same logits faster, and ``loss`` when
     its paper trains with another loss.
 
-    Learners never own optimisers, devices or progress bars: the trainer does.
-
-    ``trains_on`` says what the trainer feeds ``meta_loss``: ``"episodes"`` (every few-shot
-    learner) or ``"tasks"`` (mini-batches of tasks, :class:`~metazoo.multitask.tasks.TaskBatch`,
-    for multi-task learning); evaluation on episodes goes through ``adapt`` either way.
+    Learners never own optimisers, devices or progress bars: the trainer does. ``bn`` is the
+    BatchNorm mode used when evaluating (see :class:`~metazoo.objective.Objective`).
     """
 
-    trains_on = "episodes"
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
+    def __init__(self, backbone: nn.Module, bn: str = "running") -> None:
+        super().__init__(bn)
         self.backbone = backbone
+
+    @classmethod
+    def resolve_settings(cls, settings: dict, config, train_set) -> None:
+        """A learner with a head of fixed size takes ``ways``: filled from ``train.ways``."""
+        from ..registry import accepted_kwargs
+
+        if "ways" in accepted_kwargs(cls):
+            settings.setdefault("ways", config.train.ways)
+
+    def training_items(self, train_set, config) -> EpisodeSampler:
+        """Seeded ``train.ways``-way episodes of the training split, ``train.steps`` meta-batches' worth."""
+        t = config.train
+        if config.multitask.tasks:
+            raise ValueError(f"[multitask] tasks is set, but learner {config.learner.get('name')!r} trains on episodes: "
+                             "multi-task training is [learner] name = \"multitask\"")
+        return EpisodeSampler(train_set, t.ways, t.shots, t.queries, seed=t.seed, episodes=t.steps * t.meta_batch_size)
+
+    def as_learner(self) -> "Learner":
+        return self
 
     def adapt(self, support: LabeledSet) -> Classifier:
         raise NotImplementedError
@@ -60,12 +76,3 @@ class Learner(nn.Module):
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
 
-    def meta_backward(self, episodes: Sequence[Episode]) -> dict[str, torch.Tensor]:
-        """Accumulate the gradient of ``meta_loss(episodes)`` into ``.grad``; return its metrics.
-
-        The trainer calls this. A learner may override it to back-propagate part by part (less
-        memory), provided the gradients equal those of ``meta_loss(episodes)[0].backward()``.
-        """
-        loss, stats = self.meta_loss(episodes)
-        loss.backward()
-        return stats

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Classifier, Learner
 
 
@@ -30,8 +29,8 @@ class SequenceLearner(Learner):
     Args:
         backbone: embedding network with ``feature_size``.
         ways: classes per episode (size of the label inputs and of the outputs).
-        order_seed: seed of the support order when evaluating (eval mode, or gradients off);
-            while training the order is drawn from torch's global generator, which the trainer seeds.
+        order_seed: seed of the support order in eval mode; in training mode the order is drawn
+            from torch's global generator, which the trainer seeds.
         online: MANN's protocol. Every item of a sequence is paired with the label of the item
             before it (a null label first), and the model predicts each item's own label. Training
             then uses all of an episode's items (support and query, in a random order) as one
@@ -40,8 +39,9 @@ class SequenceLearner(Learner):
             own label and the query with a null label.
     """
 
-    def __init__(self, backbone: nn.Module, ways: int = 5, order_seed: int = 0, online: bool = False) -> None:
-        super().__init__(backbone)
+    def __init__(self, backbone: nn.Module, ways: int = 5, order_seed: int = 0, online: bool = False,
+                 bn: str = "running") -> None:
+        super().__init__(backbone, bn)
         self.ways, self.order_seed, self.online = ways, order_seed, online
         self.input_size = backbone.feature_size + ways
 
@@ -49,8 +49,7 @@ class SequenceLearner(Learner):
         raise NotImplementedError
 
     def support_order(self, n: int, device: torch.device) -> torch.Tensor:
-        evaluating = not (self.training and torch.is_grad_enabled())  # as in evaluate(), even with batch BN
-        generator = torch.Generator().manual_seed(self.order_seed) if evaluating else None
+        generator = None if self.training else torch.Generator().manual_seed(self.order_seed)
         return torch.randperm(n, generator=generator).to(device)
 
     def _check(self, items: LabeledSet) -> None:
@@ -113,13 +112,12 @@ def presentation_index(labels: torch.Tensor) -> torch.Tensor:
     return seen.gather(1, labels[:, None])[:, 0]
 
 
-@LEARNERS.register("lstm")
 class RecurrentLearner(SequenceLearner):
     """An LSTM over (embedding, label) pairs with a linear read-out: the plain black-box baseline."""
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 256, layers: int = 1,
-                 order_seed: int = 0, online: bool = False) -> None:
-        super().__init__(backbone, ways, order_seed, online)
+                 order_seed: int = 0, online: bool = False, bn: str = "running") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn)
         self.lstm = nn.LSTM(self.input_size, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, ways)
 
@@ -154,7 +152,6 @@ def write_weights(previous_read: torch.Tensor, previous_least_used: torch.Tensor
     return g * previous_read + (1 - g) * previous_least_used[:, None]
 
 
-@LEARNERS.register("mann")
 class MANN(SequenceLearner):
     """Memory-Augmented Neural Network (Santoro, Bartunov, Botvinick, Wierstra & Lillicrap, ICML 2016).
 
@@ -171,8 +168,8 @@ class MANN(SequenceLearner):
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
                  slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
-                 online: bool = False) -> None:
-        super().__init__(backbone, ways, order_seed, online)
+                 online: bool = False, bn: str = "running") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn)
         self.hidden, self.slots, self.slot_size, self.heads, self.gamma = hidden, slots, slot_size, heads, gamma
         self.controller = nn.LSTMCell(self.input_size + heads * slot_size, hidden)
         self.keys = nn.Linear(hidden, heads * slot_size)
@@ -268,7 +265,6 @@ class AttentionBlock(nn.Module):
         return torch.cat([x, read.transpose(1, 2)], 1)
 
 
-@LEARNERS.register("snail")
 class SNAIL(SequenceLearner):
     """Simple Neural AttentIve Learner (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018).
 
@@ -280,8 +276,8 @@ class SNAIL(SequenceLearner):
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, length: int = 26, order_seed: int = 0,
-                 filters: int = 128, online: bool = False) -> None:
-        super().__init__(backbone, ways, order_seed, online)
+                 filters: int = 128, online: bool = False, bn: str = "running") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn)
         channels, layers = self.input_size, []
         for block in ("attention", 64, 32), ("tc",), ("attention", 256, 128), ("tc",), ("attention", 512, 256):
             layer = AttentionBlock(channels, *block[1:]) if block[0] == "attention" else TCBlock(channels, length,

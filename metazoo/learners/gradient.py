@@ -12,11 +12,8 @@ import torch
 from torch import nn
 
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Learner
 from .inner import Params, TaskNet, inner_loop, stack_params
-
-BN_MODES = ("transductive", "per_step")
 
 
 class FastWeightClassifier:
@@ -32,13 +29,14 @@ class FastWeightClassifier:
 class GradientLearner(Learner):
     """A network adapted to each task by gradient descent on its support set.
 
+    Its BatchNorm mode is fixed when it is built (``bn_modes``: transductive or per_step).
+
     Args:
         backbone: feature extractor with ``feature_size``.
         ways: classes per episode (outputs of the linear head).
         inner_steps: inner-loop steps while meta-training.
         inner_lr: inner-loop step size (Meta-SGD: the initial value of its learned step sizes).
-        test_inner_steps: inner steps when evaluating, i.e. in eval mode or with gradients off
-            (``None``: ``inner_steps``).
+        test_inner_steps: inner steps in eval mode (``None``: ``inner_steps``).
         first_order: drop the second-order terms (gradients of the inner steps are constants).
         bn: BatchNorm statistics. ``"transductive"`` (MAML's paper): every forward pass, train
             or test, normalises with the statistics of its own batch (the support set while
@@ -53,13 +51,13 @@ class GradientLearner(Learner):
             memory of about one task's graph at 1, like learn2learn's loop); the gradients are the same.
     """
 
+    bn_modes = ("transductive", "per_step")
+
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
                  batch_tasks: bool = True, tasks_per_pass: int = 0) -> None:
-        super().__init__(backbone)
+        super().__init__(backbone, bn)
         self.tasks_per_pass = tasks_per_pass
-        if bn not in BN_MODES:
-            raise ValueError(f"unknown BatchNorm mode {bn!r}; valid: {', '.join(BN_MODES)}")
         if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
             raise ValueError("inner_steps and test_inner_steps must be >= 0")
         self.ways, self.inner_steps, self.inner_lr = ways, inner_steps, inner_lr
@@ -89,9 +87,8 @@ class GradientLearner(Learner):
         return {name: self.inner_lr for name in self.adapted_names()}
 
     def steps(self) -> int:
-        """Inner steps now: ``inner_steps`` while meta-training, ``test_inner_steps`` when evaluating
-        (eval mode, or no gradients tracked as in :func:`~metazoo.evaluate.evaluate`)."""
-        return self.inner_steps if self.training and torch.is_grad_enabled() else self.test_inner_steps
+        """Inner steps now: ``inner_steps`` in training mode, ``test_inner_steps`` in eval mode."""
+        return self.inner_steps if self.training else self.test_inner_steps
 
     # --- the network as a function of (per-task) weights -------------------------------------------
     def _stats(self, step: int) -> dict[str, torch.Tensor]:
@@ -137,11 +134,11 @@ class GradientLearner(Learner):
 
     def adapt(self, support: LabeledSet) -> FastWeightClassifier:
         self._check(support)
-        outer, steps = torch.is_grad_enabled(), self.steps()
+        training, steps = self.training, self.steps()
         with torch.enable_grad():  # the inner loop needs gradients even when evaluating
             params = self.fast_weights(support.inputs[None], support.labels[None],
-                                       create_graph=outer and not self.first_order, steps=steps)
-        if not outer:
+                                       create_graph=training and not self.first_order, steps=steps)
+        if not training:  # eval mode: fast weights are constants
             params = {name: p.detach() for name, p in params.items()}
         return FastWeightClassifier(self, params, steps)
 
@@ -176,7 +173,7 @@ class GradientLearner(Learner):
     def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways)."""
         params = self.fast_weights(support_x, support_y,
-                                   create_graph=torch.is_grad_enabled() and not self.first_order)
+                                   create_graph=self.training and not self.first_order)
         logits = self.logits(params, self.steps(), query_x)
         return self.loss(logits.flatten(0, 1), query_y.flatten()), logits
 
@@ -188,7 +185,6 @@ def _same_shape_groups(episodes: Sequence[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
-@LEARNERS.register("maml")
 class MAML(GradientLearner):
     """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017).
 
@@ -198,7 +194,6 @@ class MAML(GradientLearner):
     """
 
 
-@LEARNERS.register("anil")
 class ANIL(GradientLearner):
     """Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
 
@@ -210,7 +205,6 @@ class ANIL(GradientLearner):
         return ["head.weight", "head.bias"]
 
 
-@LEARNERS.register("metasgd")
 class MetaSGD(GradientLearner):
     """Meta-SGD (Li, Zhou, Chen & Li, 2017).
 
@@ -230,7 +224,6 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-@LEARNERS.register("reptile")
 class Reptile(GradientLearner):
     """Reptile (Nichol, Achiam & Schulman, 2018).
 
@@ -252,7 +245,7 @@ class Reptile(GradientLearner):
                          tasks_per_pass)
 
     def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
-        if not torch.is_grad_enabled():
+        if not self.training:
             return super().group_loss(support_x, support_y, query_x, query_y)
         inputs, labels = torch.cat([support_x, query_x], 1), torch.cat([support_y, query_y], 1)
         params = {n: p.detach() for n, p in self.fast_weights(inputs, labels, create_graph=False).items()}

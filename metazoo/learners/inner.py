@@ -2,48 +2,28 @@
 
 Fast weights are plain tensors with a leading task dimension: ``params[name]`` has shape
 ``(T, *parameter.shape)`` for a meta-batch of ``T`` tasks, and inputs have shape ``(T, n, ...)``.
-A :class:`TaskNet` evaluates a module with such weights. For the standard layer types
-(Conv2d, BatchNorm2d, ReLU, max and average pooling, Flatten, Linear, in ``nn.Sequential`` or
-a Conv-4) it runs all ``T`` tasks at once: grouped convolutions over the per-task filters, BatchNorm over
-``T * C`` channels (each task's own statistics), batched matrix products in linear layers;
-the maths is the same as running each task alone. Any other module is evaluated task by task
-with :func:`torch.func.functional_call`, so every backbone works.
+A :class:`TaskNet` evaluates a module with such weights. A module that declares its functional
+form (a :class:`~metazoo.backbones.functional.Functional`, an ``nn.Sequential`` of them, or a
+standard layer) runs all ``T`` tasks at once through
+:class:`~metazoo.backbones.functional.TaskBatched`, the same code as its own forward pass; the
+maths is the same as running each task alone. Any other module is evaluated task by task with
+:func:`torch.func.functional_call` (slower, same results), with a warning saying so.
 
 Nothing here changes a module's parameters; in training mode BatchNorm layers that keep
 running statistics update them, as any forward pass in training mode does.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..backbones.functional import TaskBatched, unbatchable
+
 Params = dict[str, torch.Tensor]
-_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Flatten, nn.Linear)
-
-
-def _plan(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
-    """The leaf layers of ``module`` in execution order with their name prefixes, or None when
-    ``module``'s forward is not a plain chain of supported layers."""
-    from ..backbones.conv4 import Conv4
-
-    if isinstance(module, _LEAVES):
-        return [(prefix, module)]
-    if isinstance(module, Conv4):
-        blocks = _plan(module.blocks, prefix + "blocks.")
-        return None if blocks is None else blocks + [(prefix + "pool.", module.pool), (prefix, nn.Flatten())]
-    if type(module) is nn.Sequential:
-        plan: list[tuple[str, nn.Module]] = []
-        for name, child in module.named_children():
-            sub = _plan(child, f"{prefix}{name}.")
-            if sub is None:
-                return None
-            plan += sub
-        return plan
-    return None
 
 
 class TaskNet:
@@ -52,71 +32,29 @@ class TaskNet:
     ``params`` maps every parameter name of ``module`` to a ``(T, *shape)`` tensor; ``buffers``
     maps buffer names to tensors shared by the tasks (BatchNorm running statistics).
     ``batched=False`` forces the task-by-task ``functional_call`` path (the reference).
+    ``plan`` is the name prefix of every submodule when the tasks run together, else ``None``;
+    ``path`` says which path runs (``"batched"`` or ``"task by task"``).
     """
 
     def __init__(self, module: nn.Module, batched: bool = True) -> None:
         self.module = module
-        self.plan = _plan(module) if batched else None
+        blocker = unbatchable(module) if batched else None
+        self.plan = ({m: f"{name}." if name else "" for name, m in module.named_modules()}
+                     if batched and blocker is None else None)
+        self.path = "task by task" if self.plan is None else "batched"
+        if blocker is not None:
+            warnings.warn(f"the inner loop runs {type(module).__name__}'s tasks one by one (functional_call: same "
+                          f"results, slower): its {type(blocker).__name__} has no task-batched form; make it a "
+                          "metazoo.backbones.functional.Functional of standard layers (docs/adding_a_learner.md, "
+                          "'Adding a backbone')", stacklevel=2)
 
     def __call__(self, params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor],
                  x: torch.Tensor) -> torch.Tensor:
         if self.plan is None:
             return torch.stack([functional_call(self.module, {**{k: v[t] for k, v in params.items()}, **buffers},
                                                 (x[t],)) for t in range(len(x))])
-        return self._batched(params, buffers, x)
-
-    def _batched(self, params, buffers, x: torch.Tensor) -> torch.Tensor:
-        tasks, n = x.shape[:2]
-        spatial = x.dim() == 5  # (T, n, C, H, W) is carried as (n, T * C, H, W) through the conv layers
-        if spatial:
-            x = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-        for prefix, layer in self.plan:
-            if isinstance(layer, nn.Conv2d):
-                w = params[prefix + "weight"]
-                b = params.get(prefix + "bias")
-                x = F.conv2d(x, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
-                             layer.stride, layer.padding, layer.dilation, tasks * layer.groups)
-            elif isinstance(layer, nn.BatchNorm2d):
-                x = self._batch_norm(layer, prefix, params, buffers, x, tasks)
-            elif isinstance(layer, nn.ReLU):
-                x = F.relu(x)
-            elif isinstance(layer, nn.MaxPool2d):
-                x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                 ceil_mode=layer.ceil_mode)
-            elif isinstance(layer, nn.AdaptiveAvgPool2d):
-                x = F.adaptive_avg_pool2d(x, layer.output_size)
-            elif isinstance(layer, nn.Identity):
-                pass
-            elif isinstance(layer, nn.Flatten):
-                if spatial:
-                    x = x.reshape(n, tasks, -1).transpose(0, 1)
-                    spatial = False
-                else:
-                    x = x.flatten(2)
-            else:  # nn.Linear on (T, n, features)
-                w, b = params[prefix + "weight"], params.get(prefix + "bias")
-                w = w.transpose(1, 2)
-                x = torch.bmm(x, w) if b is None else torch.baddbmm(b.unsqueeze(1), x, w)
-        return x.reshape(n, tasks, *x.shape[1:]).transpose(0, 1) if spatial else x
-
-    @staticmethod
-    def _batch_norm(layer: nn.BatchNorm2d, prefix: str, params, buffers, x, tasks: int) -> torch.Tensor:
-        weight, bias = params.get(prefix + "weight"), params.get(prefix + "bias")
-        weight = None if weight is None else weight.reshape(-1)
-        bias = None if bias is None else bias.reshape(-1)
-        mean, var = buffers.get(prefix + "running_mean"), buffers.get(prefix + "running_var")
-        if mean is None:  # no running statistics: every batch is normalised with its own
-            return F.batch_norm(x, None, None, weight, bias, True, 0.0, layer.eps)
-        if not layer.training:
-            return F.batch_norm(x, mean.repeat(tasks), var.repeat(tasks), weight, bias, False, 0.0, layer.eps)
-        # training: each task's own statistics; the shared running statistics move once, toward
-        # the mean over tasks of what each task alone would have moved them to
-        task_mean, task_var = mean.repeat(tasks), var.repeat(tasks)
-        out = F.batch_norm(x, task_mean, task_var, weight, bias, True, layer.momentum, layer.eps)
-        with torch.no_grad():
-            mean.copy_(task_mean.view(tasks, -1).mean(0))
-            var.copy_(task_var.view(tasks, -1).mean(0))
-        return out
+        ops = TaskBatched(self.plan, params, buffers, len(x))
+        return ops.leave(ops(self.module, ops.enter(x)))
 
 
 def stack_params(named: Mapping[str, torch.Tensor], tasks: int) -> Params:

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Learner
 
 PROBABILITY_FLOOR = 1e-8  # class probabilities are clamped here before the log, so logits stay finite
@@ -75,7 +74,6 @@ class MatchingClassifier:
         return self.learner.classify(self.learner.backbone(inputs), self.support_features, self.support)
 
 
-@LEARNERS.register("matching")
 class MatchingNet(Learner):
     """Matching Networks (Vinyals et al. 2016).
 
@@ -97,8 +95,9 @@ class MatchingNet(Learner):
             larger values (e.g. 10) sharpen it, as in later cosine-similarity classifiers.
     """
 
-    def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, scale: float = 1.0) -> None:
-        super().__init__(backbone)
+    def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, scale: float = 1.0,
+                 bn: str = "running") -> None:
+        super().__init__(backbone, bn)
         self.fce, self.scale = fce, scale
         if fce_steps < 1:
             raise ValueError(f"fce_steps={fce_steps}: the attention LSTM needs at least one processing step")

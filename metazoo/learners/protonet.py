@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Learner
 
 
@@ -31,7 +30,6 @@ class PrototypeClassifier:
         return -squared_distances(self.backbone(inputs), self.prototypes)
 
 
-@LEARNERS.register("protonet")
 class ProtoNet(Learner):
     """Prototypical Networks (Snell et al. 2017).
 

@@ -9,7 +9,6 @@ from torch import nn
 
 from ..backbones.conv4 import conv_block
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Learner
 
 
@@ -64,7 +63,6 @@ class RelationClassifier:
         return self.learner.score(self.learner.embed(inputs), self.class_maps)
 
 
-@LEARNERS.register("relation")
 class RelationNet(Learner):
     """Relation Networks (Sung et al. 2018).
 
@@ -85,8 +83,8 @@ class RelationNet(Learner):
         hidden_size: width of its first fully connected layer (8 in the paper).
     """
 
-    def __init__(self, backbone: nn.Module, channels: int = 64, hidden_size: int = 8) -> None:
-        super().__init__(backbone)
+    def __init__(self, backbone: nn.Module, channels: int = 64, hidden_size: int = 8, bn: str = "running") -> None:
+        super().__init__(backbone, bn)
         shape = getattr(backbone, "feature_shape", None)
         if shape is None or len(shape) != 3:
             raise TypeError("Relation Networks compare feature maps: the backbone must report feature_shape "

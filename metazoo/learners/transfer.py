@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..episode import Episode, LabeledSet
-from . import LEARNERS
 from .base import Classifier, Learner
 
 
@@ -42,18 +41,39 @@ class FittedHead:
         return self.head(self.backbone(inputs))
 
 
-@LEARNERS.register("baseline")
-class Baseline(Learner):
+class FineTuned(Learner):
+    """A frozen backbone and a new head fitted on each support set: Chen et al.'s fine-tuning.
+
+    ``adapt`` embeds the support set with the frozen backbone and fits a new head of ``ways``
+    outputs on it: ``epochs`` passes over the support set in mini-batches of ``batch_size`` with
+    SGD (``lr``, momentum 0.9, weight decay ``weight_decay``); the head's initial weights and the
+    mini-batch order come from a generator seeded with ``seed``, so evaluation is deterministic.
+    ``cosine``: a cosine classifier (Baseline++) instead of a linear one. The few-shot learner of
+    every pretraining objective (Baseline's, multi-task pretraining's).
+    """
+
+    def __init__(self, backbone: nn.Module, cosine: bool = False, epochs: int = 100, batch_size: int = 4,
+                 lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0, bn: str = "running") -> None:
+        super().__init__(backbone, bn)
+        self.cosine = cosine
+        self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+
+    def adapt(self, support: LabeledSet) -> Classifier:
+        with torch.no_grad():
+            features = self.backbone(support.inputs)
+        head = fit_head(features, support.labels, support.ways, self.cosine, self.epochs, self.batch_size, self.lr,
+                        self.weight_decay, self.seed)
+        return FittedHead(self.backbone, head)
+
+
+class Baseline(FineTuned):
     """Baseline (``cosine=False``) and Baseline++ (``cosine=True``) of Chen et al. 2019.
 
     Meta-training is plain classification: every image of a training episode is labelled with its
     dataset class (``episode.classes``), and a head over all ``classes`` training classes (linear,
     or cosine for Baseline++) is trained with the backbone by cross-entropy; episodes are simply
-    class-balanced mini-batches, so the one trainer runs it unchanged. ``adapt`` freezes the
-    backbone, embeds the support set and fits a new head of ``ways`` outputs on it: ``epochs``
-    passes over the support set in mini-batches of ``batch_size`` with SGD (``lr``, momentum 0.9,
-    weight decay ``weight_decay``), as the paper's fine-tuning; the head's initial weights and the
-    mini-batch order come from a generator seeded with ``seed``, so evaluation is deterministic.
+    class-balanced mini-batches, so the one trainer runs it unchanged. ``adapt`` is
+    :class:`FineTuned`'s: the frozen backbone and a new head fitted on the support set.
 
     Args:
         classes: number of training classes (filled from the training split by the trainer).
@@ -61,11 +81,22 @@ class Baseline(Learner):
     """
 
     def __init__(self, backbone: nn.Module, classes: int = 64, cosine: bool = False, epochs: int = 100,
-                 batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> None:
-        super().__init__(backbone)
-        self.classes, self.cosine = classes, cosine
-        self.epochs, self.batch_size, self.lr, self.weight_decay, self.seed = epochs, batch_size, lr, weight_decay, seed
+                 batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0,
+                 bn: str = "running") -> None:
+        super().__init__(backbone, cosine, epochs, batch_size, lr, weight_decay, seed, bn)
+        self.classes = classes
         self.head = self.new_head(classes)
+
+    @classmethod
+    def resolve_settings(cls, settings: dict, config, train_set) -> None:
+        """The pretraining head has one output per training class."""
+        settings.setdefault("classes", train_set.num_classes)
+
+    def training_items(self, train_set, config):
+        if train_set.num_classes > self.classes:  # checked once here, not with a host sync every step
+            raise ValueError(f"{train_set.name} {train_set.split!r} has {train_set.num_classes} classes, more than "
+                             f"the pretraining head's {self.classes} (learner.classes: the training split's count)")
+        return super().training_items(train_set, config)
 
     def new_head(self, classes: int) -> nn.Module:
         size = self.backbone.feature_size
@@ -77,17 +108,7 @@ class Baseline(Learner):
             raise ValueError("Baseline pretraining needs episode.classes (the dataset class of each label)")
         inputs = torch.cat([episode.support.inputs, episode.query.inputs])
         labels = episode.classes.to(inputs.device)[torch.cat([episode.support.labels, episode.query.labels])]
-        if int(labels.max()) >= self.classes:
-            raise ValueError(f"class {int(labels.max())} is outside the pretraining head's {self.classes} classes "
-                             "(learner.classes: the training split's class count)")
         return self.head(self.backbone(inputs)), labels
-
-    def adapt(self, support: LabeledSet) -> Classifier:
-        with torch.no_grad():
-            features = self.backbone(support.inputs)
-        head = fit_head(features, support.labels, support.ways, self.cosine, self.epochs, self.batch_size, self.lr,
-                        self.weight_decay, self.seed)
-        return FittedHead(self.backbone, head)
 
 
 def fit_head(features: torch.Tensor, labels: torch.Tensor, ways: int, cosine: bool = False, epochs: int = 100,

@@ -62,9 +62,6 @@ class FiLM(nn.Module):
         return self.linear(x) * self.gate(z) + self.shift(z)
 
 
-CONDITIONING = {"concat": Concat, "additive": Additive, "multiplicative": Multiplicative, "film": FiLM}
-
-
 @torch.no_grad()
 def additive_from_concat(concat: Concat) -> Additive:
     """The additive module computing the same function as ``concat``: ``W_concat = [W, U]``."""

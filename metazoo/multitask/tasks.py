@@ -20,12 +20,16 @@ mini-batch of data per task, batch ``i`` a pure function of ``(seed, i)``.
 """
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..data.base import FewShotDataset
 from ..data.sampling import episode_seed
+from ..registry import TASKSETS, accepted_kwargs
 
 LOSSES = ("classification", "regression")
 PARTS = ("train", "val", "test")
@@ -56,7 +60,8 @@ class TaskBatch:
 class TaskSet:
     """``tasks[i]`` uses images ``items[i]`` (indices into ``dataset``) with targets ``targets[i]``.
 
-    ``descriptors`` (T, k): each task's ``z`` (default one-hot). ``part`` (n images,) assigns every
+    ``descriptors`` (T, k): each task's ``z`` (default one-hot; a config's ``[multitask] descriptors``
+    replaces them, see :func:`taskset_from_config`). ``part`` (n images,) assigns every
     image of the dataset to a held-out part (0 train, 1 val, 2 test).
     """
 
@@ -232,3 +237,48 @@ class TaskEvalSampler:
     def protocol(self) -> dict:
         return {"dataset": self.taskset.dataset.name, "split": self.taskset.dataset.split,
                 "tasks": len(self.taskset), "part": self.taskset.part_name}
+
+
+def taskset_from_config(config, train_set: FewShotDataset) -> TaskSet:
+    """The ``[multitask] tasks`` task set (a registered one) over the training split's images, with the
+    ``[multitask] descriptors``: ``"onehot"``, a list of per-task vectors, or a .json / .csv file of them."""
+    m = config.multitask
+    if not m.tasks:
+        raise ValueError(f"multi-task training needs [multitask] tasks: one of {', '.join(TASKSETS.names())}")
+    factory = TASKSETS.get_factory(m.tasks)
+    options = {"groups": m.groups} if "groups" in accepted_kwargs(factory) else {}
+    taskset = factory(train_set, fractions=tuple(m.holdout), seed=config.train.seed, **options)
+    if m.descriptors != "onehot":
+        taskset.descriptors = load_descriptors(m.descriptors, taskset)
+    return taskset
+
+
+def load_descriptors(value: str | list, taskset: TaskSet) -> torch.Tensor:
+    """Task descriptors (T, k) from a list of T vectors or a file: JSON (a list of T lists) or CSV (T rows
+    of numbers, an optional header row)."""
+    where = "[multitask] descriptors"
+    if isinstance(value, str):
+        path, where = Path(value), f"descriptors file {value}"
+        if not path.exists():
+            raise FileNotFoundError(f"{where} not found (a .json or .csv path, relative to the working directory)")
+        if path.suffix == ".json":
+            value = json.loads(path.read_text())
+        else:
+            rows = [r for r in csv.reader(path.read_text().splitlines()) if r]
+            value = rows[1:] if rows and not _numeric(rows[0]) else rows
+    try:
+        z = torch.tensor([[float(x) for x in row] for row in value], dtype=torch.get_default_dtype())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: not a table of numbers ({err})") from None
+    if z.dim() != 2 or len(z) != len(taskset):
+        raise ValueError(f"{where}: {len(z)} descriptors for {len(taskset)} tasks "
+                         f"({', '.join(t.name for t in taskset.tasks[:5])}, ...); need one row per task")
+    return z
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        [float(x) for x in row]
+        return True
+    except ValueError:
+        return False

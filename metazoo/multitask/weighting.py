@@ -1,9 +1,11 @@
 """The multi-task objective ``sum_i w_i L_i`` and how the weights ``w_i`` are chosen.
 
-Each weighting is a module called once per optimisation step with the losses of the tasks in the
-step's mini-batch of tasks, ``weighting(losses, tasks)`` (``tasks``: their indices, default all
-T), returning the scalar objective; ``weights()`` gives the current ``w_i`` of all T tasks.
-Learned weights (uncertainty) are parameters the trainer's optimiser updates with the network's.
+Each weighting (a registered one: ``metazoo list``) is a module called once per optimisation step
+with the losses of the tasks in the step's mini-batch of tasks, ``weighting(losses, tasks, shared)``
+(``tasks``: their indices, default all T; ``shared``: the weight of the network's last shared
+layer, which GradNorm needs), returning the scalar objective; ``weights()`` gives the current
+``w_i`` of all T tasks. Learned weights (uncertainty, GradNorm) are parameters the trainer's
+optimiser updates with the network's.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class StaticWeights(nn.Module):
     def weights(self) -> torch.Tensor:
         return self.w
 
-    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None, shared=None) -> torch.Tensor:
         return (_pick(self.w, tasks) * losses).sum()
 
 
@@ -39,7 +41,7 @@ class UncertaintyWeights(nn.Module):
     ``s_i = log(2 c_i L_i)``: noisier (higher-loss) tasks get smaller weights ``c_i exp(-s_i)``.
     """
 
-    def __init__(self, kinds: Sequence[str]) -> None:
+    def __init__(self, kinds: Sequence[str] = ("classification",)) -> None:
         super().__init__()
         bad = [k for k in kinds if k not in ("classification", "regression")]
         if bad:
@@ -50,7 +52,7 @@ class UncertaintyWeights(nn.Module):
     def weights(self) -> torch.Tensor:
         return (self.c * torch.exp(-self.log_variance)).detach()
 
-    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None, shared=None) -> torch.Tensor:
         c, s = _pick(self.c, tasks), _pick(self.log_variance, tasks)
         return (c * torch.exp(-s) * losses + 0.5 * s).sum()
 
@@ -79,7 +81,7 @@ class DynamicWeightAverage(nn.Module):
         rates = self.history[1] / self.history[0]
         return self.tasks * torch.softmax(rates / self.temperature, 0)
 
-    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None, shared=None) -> torch.Tensor:
         total = (_pick(self.weights(), tasks) * losses).sum()
         with torch.no_grad():  # book-keeping for the next periods
             index = torch.arange(self.tasks, device=losses.device) if tasks is None else tasks
@@ -97,8 +99,44 @@ class DynamicWeightAverage(nn.Module):
         return total
 
 
+class GradNorm(nn.Module):
+    """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018): learned weights that balance the
+    tasks' gradient norms at the last shared layer ``W``.
+
+    For the step's tasks, ``G_i = ||grad_W (w_i L_i)||`` and the target ``G_mean * r_i ** alpha``,
+    with ``r_i`` task i's inverse training rate ``L_i / L_i(0)`` divided by its mean over the step's
+    tasks (``L_i(0)``: the task's first loss). The network follows ``sum_i w_i L_i`` with the weights
+    held constant; the weights follow the gradient of ``L_grad = sum_i |G_i - target_i|`` with the
+    targets held constant, and are renormalised to sum to T before every step. ``alpha``: how
+    strongly tasks that train more slowly are pulled up (the paper uses 0.12 to 3; 1.5 on NYUv2).
+    """
+
+    def __init__(self, tasks: int, alpha: float = 1.5) -> None:
+        super().__init__()
+        self.tasks, self.alpha = tasks, alpha
+        self.w = nn.Parameter(torch.ones(tasks))
+        self.register_buffer("initial", torch.full((tasks,), float("nan")))
+
+    def weights(self) -> torch.Tensor:
+        return self.w.detach()
+
+    def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None, shared=None) -> torch.Tensor:
+        if shared is None:
+            raise ValueError("GradNorm balances gradients at the last shared layer, and this network shares none "
+                             "(sharing = \"independent\"): choose another weighting")
+        index = torch.arange(self.tasks, device=losses.device) if tasks is None else tasks
+        with torch.no_grad():
+            self.w.mul_(self.tasks / self.w.sum())
+            seen = self.initial[index]
+            self.initial[index] = torch.where(torch.isnan(seen), losses.detach(), seen)
+        w = self.w[index]
+        norms = torch.stack([torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses])
+        norms = w * norms  # G_i: differentiable in w only
+        rates = losses.detach() / self.initial[index]
+        targets = (norms.mean() * (rates / rates.mean()) ** self.alpha).detach()
+        balance = (norms - targets).abs().sum()
+        return (w.detach() * losses).sum() + balance - balance.detach()
+
+
 def _pick(values: torch.Tensor, tasks: torch.Tensor | None) -> torch.Tensor:
     return values if tasks is None else values[tasks]
-
-
-WEIGHTINGS = {"static": StaticWeights, "uncertainty": UncertaintyWeights, "dwa": DynamicWeightAverage}

@@ -1,8 +1,8 @@
-"""Benchmark (not a test): one MAML meta-iteration, metazoo against learn2learn, in the same run.
+"""Table (c): one MAML meta-iteration, metazoo against learn2learn, in the same run.
 
-Part (c) of ``metazoo bench``. Every contender starts from the same weights and trains on the
-same pre-sampled episodes: 5-way 1-shot, 15 queries per class, 5 inner steps, meta-batch 4,
-Adam 1e-3 outer step, second and first order. Contenders:
+Every contender starts from the same weights and trains on the same pre-sampled episodes: 5-way
+1-shot, 15 queries per class, 5 inner steps, meta-batch 4, Adam outer step (``--lr``), second and
+first order. Contenders:
 
 - ``metazoo``: :class:`~metazoo.learners.MAML` (tasks of a meta-batch adapted together through
   grouped convolutions);
@@ -21,38 +21,41 @@ reset just before) minus the resident memory just before it (Linux only).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import multiprocessing
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import create_dataset
-from .data.sampling import EpisodeSampler
-from .learners import create_learner
+from ..data import create_dataset
+from ..data.sampling import EpisodeSampler
+from ..learners import create_learner
+from .common import interleaved_medians, repeat, warm_up
 
 CONTENDERS = ("metazoo", "metazoo task-by-task", "metazoo 1 task/pass", "learn2learn")
 SIZES = {28: ("omniglot", {"in_channels": 1, "width": 64, "image_size": 28, "pooling": False, "global_pool": True}),
          84: ("caltech101", {"in_channels": 3, "width": 32, "image_size": 84, "pooling": True})}
+ORDERS = {"second": False, "first": True}  # --maml-orders value: first_order
 WAYS, SHOTS, QUERIES, INNER_STEPS, META_BATCH, INNER_LR = 5, 1, 15, 5, 4, 0.01
-TIME_GOAL = 0.6
 
 
-def episodes(size: int, root: str, count: int) -> list:
+def episodes(size: int, root: Path, count: int, seed: int = 0) -> list:
     dataset = create_dataset(SIZES[size][0], split="train", root=root)
-    return list(EpisodeSampler(dataset, WAYS, SHOTS, QUERIES, seed=0, episodes=count))
+    return list(EpisodeSampler(dataset, WAYS, SHOTS, QUERIES, seed=seed, episodes=count))
 
 
-def contender(name: str, size: int, first_order: bool) -> Callable[[list], None]:
+def contender(name: str, size: int, first_order: bool, lr: float = 1e-3, seed: int = 0) -> Callable[[list], None]:
     """One meta-iteration (meta-batch in, Adam step done) of contender ``name``."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     learner = create_learner("maml", backbone={"name": "conv4", **SIZES[size][1]}, ways=WAYS, inner_steps=INNER_STEPS,
                              inner_lr=INNER_LR, first_order=first_order, batch_tasks=name != "metazoo task-by-task",
                              tasks_per_pass=1 if name == "metazoo 1 task/pass" else 0)
     if name != "learn2learn":
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+        optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
 
         def step(batch: list) -> None:  # what the trainer does
             optimizer.zero_grad(set_to_none=True)
@@ -64,7 +67,7 @@ def contender(name: str, size: int, first_order: bool) -> Callable[[list], None]
 
     maml = l2l.algorithms.MAML(nn.Sequential(copy.deepcopy(learner.backbone), copy.deepcopy(learner.head)),
                                lr=INNER_LR, first_order=first_order)
-    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=lr)
 
     def l2l_step(batch: list) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -82,11 +85,12 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _peak_child(name: str, size: int, first_order: bool, root: str, threads: int, out) -> None:
+def _peak_child(name: str, size: int, first_order: bool, root: Path, threads: int, lr: float, seed: int,
+                out) -> None:
     if threads:
         torch.set_num_threads(threads)
-    batch = episodes(size, root, META_BATCH)
-    step = contender(name, size, first_order)
+    batch = episodes(size, root, META_BATCH, seed)
+    step = contender(name, size, first_order, lr, seed)
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident size
         f.write("5")
     before = _status_kib("VmRSS")
@@ -94,25 +98,32 @@ def _peak_child(name: str, size: int, first_order: bool, root: str, threads: int
     out.put(_status_kib("VmHWM") - before)
 
 
-def peak_memory_mib(name: str, size: int, first_order: bool, root: str, threads: int) -> float:
+def peak_memory_mib(name: str, size: int, first_order: bool, root: Path, threads: int = 0, lr: float = 1e-3,
+                    seed: int = 0) -> float:
     """Peak resident memory added by one meta-iteration, in a fresh process (MiB)."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=_peak_child, args=(name, size, first_order, root, threads, out))
+    child = ctx.Process(target=_peak_child, args=(name, size, first_order, root, threads, lr, seed, out))
     child.start()
     kib = out.get()
     child.join()
     return kib / 1024
 
 
-def maml_rows(args, interleaved_medians: Callable, repeat: Callable) -> tuple[list[list[str]], list[str]]:
+def header(memory: bool) -> list[str]:
+    return ["images", "order", *(f"{n} ms" for n in CONTENDERS), "metazoo / l2l", "task-by-task / l2l",
+            "1 task/pass / l2l", *((f"{n} peak MiB" for n in CONTENDERS) if memory else ())]
+
+
+def maml_rows(args: argparse.Namespace, root: Path) -> tuple[list[list[str]], list[str]]:
     """Table rows (size, order, ms and peak MiB per contender, ratios) and summary lines."""
-    rows, notes = [], []
-    for size in (28, 84):
-        pool = episodes(size, args.data_root, META_BATCH * 2)
+    rows = []
+    for size in args.maml_sizes:
+        pool = episodes(size, root, META_BATCH * 2, args.seed)
         batches = [pool[:META_BATCH], pool[META_BATCH:]]
-        for first_order in (False, True):
-            steps = {name: contender(name, size, first_order) for name in CONTENDERS}
+        for order in args.maml_orders:
+            first_order = ORDERS[order]
+            steps = {name: contender(name, size, first_order, args.lr, args.seed) for name in CONTENDERS}
             cycle = {name: [0] for name in CONTENDERS}
 
             def block(name: str) -> Callable[[], None]:
@@ -121,25 +132,19 @@ def maml_rows(args, interleaved_medians: Callable, repeat: Callable) -> tuple[li
                     cycle[name][0] += 1
                 return repeat(one, args.steps)
             blocks = {name: block(name) for name in CONTENDERS}
-            for b in blocks.values():  # warm-up
-                b()
+            warm_up(blocks, args.warmup)
             ms = {k: 1000 * v / args.steps for k, v in interleaved_medians(blocks, args.repeats).items()}
-            mem = {name: peak_memory_mib(name, size, first_order, args.data_root, args.threads) for name in CONTENDERS}
-            ratio = ms["metazoo"] / ms["learn2learn"]
-            mem_ok = mem["metazoo"] <= mem["learn2learn"]
-            order = "first" if first_order else "second"
+            mem = {name: peak_memory_mib(name, size, first_order, root, args.threads, args.lr, args.seed)
+                   for name in CONTENDERS} if args.maml_memory else {}
             rows.append([f"{size}x{size}", order, *(f"{ms[n]:.0f}" for n in CONTENDERS),
-                         f"{ratio:.2f}x", f"{ms['metazoo task-by-task'] / ms['learn2learn']:.2f}x",
-                         f"{ms['metazoo 1 task/pass'] / ms['learn2learn']:.2f}x",
-                         *(f"{mem[n]:.0f}" for n in CONTENDERS),
-                         f"{'met' if ratio <= TIME_GOAL else 'MISSED'} / {'met' if mem_ok else 'MISSED'}"])
-    notes.append(f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries per class, {INNER_STEPS} inner steps (lr {INNER_LR}), "
-                 f"meta-batch {META_BATCH}, Adam outer step; median of {args.repeats} interleaved blocks of "
-                 f"{args.steps} meta-iterations after one warm-up block; goal: time <= {TIME_GOAL}x learn2learn and "
-                 "peak memory no higher")
+                         *(f"{ms[n] / ms['learn2learn']:.2f}x" for n in CONTENDERS[:3]),
+                         *(f"{mem[n]:.0f}" for n in mem)])
+    notes = [f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries per class, {INNER_STEPS} inner steps (lr {INNER_LR}), "
+             f"meta-batch {META_BATCH}, Adam outer step (lr {args.lr:g}); median of {args.repeats} interleaved "
+             f"blocks of {args.steps} meta-iterations after {args.warmup} warm-up blocks"]
+    if args.maml_memory:
+        notes.append("peak MiB: one meta-iteration of each contender in a fresh process, peak resident memory "
+                     "(VmHWM) minus the resident memory just before it")
+    else:
+        notes.append("peak memory not measured (--no-maml-memory)")
     return rows, notes
-
-
-HEADER = ["images", "order", *(f"{n} ms" for n in CONTENDERS), "metazoo / l2l", "task-by-task / l2l",
-          "1 task/pass / l2l",
-          *(f"{n} peak MiB" for n in CONTENDERS), "goal (time / memory)"]

@@ -1,0 +1,92 @@
+"""What the trainer optimises: an Objective gives a loss for a batch drawn from its own sampler.
+
+A few-shot :class:`~metazoo.learners.base.Learner` is one kind of objective (its batches are
+episodes); multi-task training (:class:`~metazoo.multitask.objective.MultiTaskObjective`, batches
+of task data) is another. The trainer knows only this interface: it asks the objective for its
+training items, takes ``train.meta_batch_size`` consecutive items per step, and calls
+``meta_backward``. Evaluation protocols (:mod:`metazoo.evaluate`) say which kind they need.
+
+Modes are explicit: ``train()`` while meta-training, ``eval()`` while evaluating (never inferred
+from whether gradients are being recorded), and the BatchNorm mode ``bn`` is one setting owned
+here, applied by :meth:`Objective.evaluation` and recorded from the objective in every result.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+BN_MODES = ("running", "transductive")
+
+
+class Objective(nn.Module):
+    """Base class of everything the trainer optimises.
+
+    Subclasses implement :meth:`training_items` and :meth:`meta_loss`.
+
+    ``bn`` (a constructor setting of every objective): ``"running"`` evaluates with BatchNorm's
+    running statistics, so no information flows between the examples of a batch;
+    ``"transductive"`` normalises every batch with its own statistics when evaluating (MAML's
+    paper), leaving the running statistics untouched. ``bn_modes`` lists the modes an objective
+    accepts (the gradient learners fix theirs when built).
+    """
+
+    bn_modes: tuple[str, ...] = BN_MODES
+
+    def __init__(self, bn: str = "running") -> None:
+        super().__init__()
+        if bn not in self.bn_modes:
+            raise ValueError(f"{type(self).__name__}: unknown BatchNorm mode bn={bn!r}; "
+                             f"valid: {', '.join(self.bn_modes)}")
+        self.bn = bn
+
+    # --- training -------------------------------------------------------------------------------
+    @classmethod
+    def resolve_settings(cls, settings: dict, config: Any, train_set: Any) -> None:
+        """Fill, in ``settings`` (the config's ``[learner]`` section), what this objective takes from
+        the run rather than its paper (e.g. ``ways`` from ``train.ways``); called before the run's
+        ``config.toml`` is written, so the run reloads to the same objective."""
+
+    def training_items(self, train_set: Any, config: Any) -> torch.utils.data.Dataset:
+        """The seeded items the trainer draws: step ``s`` (1-based) uses items
+        ``(s-1)*B .. s*B-1``, B = ``train.meta_batch_size``; item ``i`` a pure function of the seed and ``i``."""
+        raise NotImplementedError
+
+    def meta_loss(self, batch: Sequence[Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one step's items and detached metrics (``loss``, ``accuracy``)."""
+        raise NotImplementedError
+
+    def meta_backward(self, batch: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Accumulate the gradient of ``meta_loss(batch)`` into ``.grad``; return its metrics.
+
+        An objective may override this to back-propagate part by part, provided the gradients
+        equal those of ``meta_loss(batch)[0].backward()``."""
+        loss, stats = self.meta_loss(batch)
+        loss.backward()
+        return stats
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def as_learner(self):
+        """The few-shot learner this objective's training gives (the episodic protocol's subject)."""
+        raise TypeError(f"{type(self).__name__} gives no few-shot learner to evaluate on episodes")
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator["Objective"]:
+        """Eval mode with BatchNorm as ``bn`` says, restored afterwards; gradients off."""
+        was_training = self.training
+        self.eval()
+        flipped = []
+        if self.bn == "transductive":  # batch statistics, running ones neither read nor moved
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                    module.training, module.track_running_stats = True, False
+                    flipped.append(module)
+        try:
+            with torch.no_grad():
+                yield self
+        finally:
+            for module in flipped:
+                module.training, module.track_running_stats = False, True
+            self.train(was_training)

@@ -1,0 +1,32 @@
+"""Outer-loop optimisers and learning-rate schedules (registries ``optimisers`` and ``schedules``).
+
+Each optimiser factory takes the parameters and the ``[optim]`` section; each schedule factory the
+optimiser, the ``[optim]`` section and the run's step budget.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+
+def adam(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Optimizer:
+    """Adam with ``lr`` and ``weight_decay``."""
+    return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def sgd(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Optimizer:
+    """SGD with ``lr``, ``momentum`` and ``weight_decay``."""
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, optim: Any, steps: int):
+    """The learning rate times ``gamma`` every ``step_size`` steps; constant with ``step_size = 0``."""
+    decays = optim.step_size > 0
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_size if decays else 1,
+                                           gamma=optim.gamma if decays else 1.0)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, optim: Any, steps: int):
+    """The learning rate falls linearly to 0 at ``steps`` (Reptile's outer step size)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))

@@ -1,0 +1,171 @@
+"""``metazoo bench`` (metazoo.bench): options, a tiny end-to-end run, learn2learn's Omniglot root.
+
+The benchmark is not a test; these keep it runnable and its output well-formed as the code
+around it changes. learn2learn is optional: what needs it skips without it.
+"""
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from metazoo import bench
+from metazoo.bench import maml
+from metazoo.bench.standard import extracted_omniglot_accepted, l2l_omniglot_root
+
+
+def l2l():
+    return pytest.importorskip("learn2learn")
+
+
+def tables(out: str) -> dict[str, list[list[str]]]:
+    """The Markdown tables of a report: each section's title (``## (a) ...``) -> its rows of cells."""
+    found: dict[str, list[list[str]]] = {}
+    title = ""
+    for line in out.splitlines():
+        if line.startswith("## "):
+            title = line
+        elif line.startswith("| ") and not line.startswith("|---"):
+            found.setdefault(title, []).append([cell.strip() for cell in line.strip("|").split("|")])
+    return {t: rows[1:] for t, rows in found.items()}  # the header row left out
+
+
+def ratio(cell: str) -> float:
+    assert re.fullmatch(r"\d+\.\d+x", cell), cell
+    return float(cell[:-1])
+
+
+def test_options_choose_the_tables_and_default_to_the_full_measurement():
+    args = bench.parse([])
+    assert args.tables == ["sampling", "training", "maml"] and args.data_root is None
+    assert args.maml_sizes == [28, 84] and args.maml_orders == ["second", "first"] and args.maml_memory
+    assert (args.episodes, args.steps, args.repeats, args.warmup) == (100, 3, 5, 1)
+    assert bench.parse(["--only", "maml,sampling"]).tables == ["sampling", "maml"]
+    assert bench.parse(["--only", "sampling,maml", "--skip", "maml"]).tables == ["sampling"]
+    assert bench.parse(["--skip", "training", "--skip", "l2l-standard"]).tables == ["sampling", "maml"]
+    args = bench.parse(["--maml-sizes", "28", "--maml-orders", "first", "--no-maml-memory", "--warmup", "0"])
+    assert (args.maml_sizes, args.maml_orders, args.maml_memory, args.warmup) == ([28], ["first"], False, 0)
+    for wrong in (["--only", "sampling,speed"], ["--only", ""], ["--maml-sizes", "32"], ["--repeats", "0"],
+                  ["--warmup", "-1"]):
+        with pytest.raises(SystemExit):
+            bench.parse(wrong)
+
+
+def test_data_root_comes_from_the_flag(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+        bench.main(["--only", "training", "--data-root", str(tmp_path)])
+
+
+def test_bench_runs_end_to_end_on_a_tiny_budget(data_root, capsys, monkeypatch):
+    """Every table on a tiny budget; the data root from $METAZOO_DATA; --warmup 0 honoured.
+
+    The MAML table's peak memory (a fresh process per contender, seconds each) is stood in for
+    here; the next test measures it for real.
+    """
+    l2l()
+    iterations: dict[str, int] = {}
+    measured: list[tuple] = []
+    original = maml.contender
+
+    def counted(name, *args, **kwargs):
+        step = original(name, *args, **kwargs)
+
+        def counting(batch):
+            iterations[name] = iterations.get(name, 0) + 1
+            step(batch)
+        return counting
+
+    def peak(name, size, first_order, root, threads, lr, seed):
+        measured.append((name, size, first_order, root))
+        return 10.0 * len(measured)
+
+    monkeypatch.setattr(maml, "contender", counted)
+    monkeypatch.setattr(maml, "peak_memory_mib", peak)
+    monkeypatch.setenv("METAZOO_DATA", str(data_root))
+    tiny = ["--episodes", "2", "--repeats", "1", "--steps", "1", "--warmup", "0", "--train-episodes", "1"]
+    # the learn2learn standard pipeline decodes PNGs (and extracts Omniglot on first use): not here
+    assert bench.main([*tiny, "--skip", "l2l-standard", "--maml-sizes", "28", "--maml-orders", "first"]) == 0
+    out = capsys.readouterr().out
+    assert "goal" not in out.lower() and not {"met", "missed"} & set(re.findall(r"\w+", out.lower()))
+    found = tables(out)
+    assert [t[:6] for t in found] == ["## (a)", "## (b)", "## (c)"]
+    sampling, training, maml_table = found.values()
+
+    assert [row[0] for row in sampling] == ["5-way 1-shot 15-query", "20-way 1-shot 15-query", "60-way 1-shot 5-query"]
+    for row in sampling:
+        assert float(row[1]) > 0 and float(row[2]) > 0 and ratio(row[3]) > 0  # metazoo, l2l, metazoo / l2l
+        assert row[4:6] == ["skipped", "n/a"] and float(row[6]) > 0 and float(row[7]) > 0
+    assert "standard pipeline skipped" in out and "MetaDataset construction" in out
+
+    assert [row[0][:5] for row in training] == ["Proto", "bare:"]
+    assert float(training[0][1]) > 0 and float(training[0][2]) > 0 and training[1][2] == "1.000"
+    assert "after 0 warm-up blocks" in out and "ProtoNet overhead" in out
+
+    assert len(maml_table) == 1 and maml_table[0][:2] == ["28x28", "first"]
+    row = maml_table[0]
+    assert all(float(ms) > 0 for ms in row[2:6]) and all(ratio(r) > 0 for r in row[6:9])
+    assert row[9:] == ["10", "20", "30", "40"]  # peak MiB, one fresh process per contender
+    assert measured == [(name, 28, True, data_root) for name in maml.CONTENDERS]
+    assert iterations == dict.fromkeys(maml.CONTENDERS, 1)  # --steps 1 --repeats 1 --warmup 0: one each
+
+    iterations.clear()
+    assert bench.main([*tiny, "--only", "maml", "--maml-sizes", "28", "--maml-orders", "second",
+                       "--no-maml-memory"]) == 0
+    out = capsys.readouterr().out
+    (title, rows), = tables(out).items()
+    assert title.startswith("## (c)") and [row[:2] for row in rows] == [["28x28", "second"]] and len(rows[0]) == 9
+    assert "peak memory not measured" in out and len(measured) == 4
+    assert iterations == dict.fromkeys(maml.CONTENDERS, 1)
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(data_root):
+    mib = maml.peak_memory_mib("metazoo 1 task/pass", 28, True, data_root, threads=1)
+    assert 0 < mib < 1024
+
+
+def tiny_omniglot_archives(root: Path) -> None:
+    """``root/omniglot/images_{background,evaluation}.zip``, one character of two 105x105 drawings each."""
+    from PIL import Image
+
+    (root / "omniglot").mkdir(parents=True)
+    for part, alphabet in (("images_background", "Latin"), ("images_evaluation", "Tengwar")):
+        with zipfile.ZipFile(root / "omniglot" / f"{part}.zip", "w") as archive:
+            for k in (1, 2):
+                png = io.BytesIO()
+                Image.new("1", (105, 105), 1).save(png, "PNG")
+                archive.writestr(f"{part}/{alphabet}/character01/0101_0{k}.png", png.getvalue())
+
+
+def test_l2l_omniglot_root_extracts_once_into_torchvisions_layout(tmp_path):
+    from torchvision.datasets import Omniglot as TorchvisionOmniglot
+
+    tiny_omniglot_archives(tmp_path / "data")
+    root = l2l_omniglot_root(tmp_path / "data", cache=tmp_path / "cache")
+    assert root == tmp_path / "cache" / "l2l-omniglot"
+    for part, alphabet in (("images_background", "Latin"), ("images_evaluation", "Tengwar")):
+        assert sorted(p.name for p in (root / "omniglot-py" / part / alphabet / "character01").iterdir()) == \
+            ["0101_01.png", "0101_02.png"]
+    assert not [p for p in (root / "omniglot-py").iterdir() if p.name.startswith(".")]  # no temporary left
+    marker = root / "omniglot-py" / "images_background" / "marker"
+    marker.touch()
+    assert l2l_omniglot_root(tmp_path / "data", cache=tmp_path / "cache") == root and marker.exists()  # not redone
+
+    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the archives' md5 is not the official one
+        TorchvisionOmniglot(str(root), background=True)
+    with extracted_omniglot_accepted():
+        assert len(TorchvisionOmniglot(str(root), background=True)) == 2
+    with pytest.raises(RuntimeError, match="not found or corrupted"):  # the check is back
+        TorchvisionOmniglot(str(root), background=False)
+    with pytest.raises(KeyError), extracted_omniglot_accepted():  # and also after an error inside the block
+        raise KeyError("inside")
+    with pytest.raises(RuntimeError, match="not found or corrupted"):
+        TorchvisionOmniglot(str(root), background=False)
+
+    l2l()
+    from learn2learn.vision.datasets import FullOmniglot
+    from torchvision import transforms
+
+    with extracted_omniglot_accepted():
+        full = FullOmniglot(str(root), transform=transforms.Compose([transforms.Resize(28), transforms.ToTensor()]))
+    assert len(full) == 4 and full[0][0].shape == (1, 28, 28) and [full[i][1] for i in range(4)] == [0, 0, 1, 1]
