@@ -1,76 +1,164 @@
-"""Run configuration: dataclasses read from TOML, dotted ``--set`` overrides, unknown keys fail.
+"""Run configuration: typed dataclasses read from TOML, ``extends``, dotted ``--set`` overrides.
 
-Learner and backbone settings are the keyword arguments of their constructors (components own
-their defaults); the config only overrides them, and the registries reject unknown ones.
+Everything is checked when a config is loaded: unknown keys, values of the wrong type, enum values
+and registered names (``data.dataset``, ``learner.name``, ...) fail naming the key, the value and
+what is allowed. Learner, backbone and dataset settings are the keyword arguments of their
+constructors (components own their defaults): the config only overrides them, and they are checked
+against the constructor's signature and annotations. The meaning of every key lives here, in the
+fields' ``doc``; ``python -m metazoo.config_doc > docs/config.md`` writes the reference page.
+
+This module imports neither torch nor the components, except to check a component's settings.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import inspect
+import os
+import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from . import config_types, registry
+
+
+class ConfigError(KeyError, ValueError):
+    """A config that cannot be loaded: the message names the key, the value and what is allowed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Names:
+    """The values of a key that picks a registered component: names in any of ``registries``
+    (plural names, :data:`metazoo.registry.REGISTRIES`), or one of ``extra``."""
+    registries: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+
+    def valid(self) -> list[str]:
+        return [*self.extra, *sorted({n for r in self.registries for n in registry.REGISTRIES[r].names()})]
+
+
+def setting(default: Any, doc: str, names: Names | None = None, form: tuple[str, str] | None = None) -> Any:
+    """A config key: its default, its meaning (docs/config.md is generated from ``doc``), and, for a
+    key that picks a registered component, the registries it picks from (``names``); ``form``: a
+    regular expression the value must match and its description in words."""
+    metadata = {"doc": doc, "names": names, "form": form}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+LEARNER_NAMES, BACKBONE_NAMES = Names(("learners", "objectives")), Names(("backbones",))
+DATASET_NAMES = Names(("datasets",))
+DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+EXTENDS_DOC = """\
+A file name (or a list of them) at the top of a config file, relative to that file: the config
+starts from those files' values (in order; each may extend others, a cycle is an error) and its own
+values go on top. Tables merge key by key; any other value, lists included, is replaced. Shared
+protocol settings live in `base/` folders (e.g. `experiments/omniglot/base/maml.toml`), which are
+not runnable cells. A run's saved `config.toml` is resolved: it has no `extends`."""
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "omniglot"
-    root: str | None = None  # else $METAZOO_DATA, else ~/.metazoo/data
-    options: dict = field(default_factory=dict)  # extra dataset settings (image_size, ...)
+    """The dataset; its splits are made by `create_dataset(dataset, split=..., root=..., **options)`
+    (docs/data.md)."""
+    dataset: str = setting("omniglot", "Which dataset (`metazoo list` lists them).", DATASET_NAMES)
+    root: str | None = setting(None, "The data root; `--data-root` wins over it, and unset, it is `$METAZOO_DATA`, "
+                                     "else `~/.metazoo/data` (docs/data.md). A run records the root it used.")
+    options: dict = setting({}, "Keyword arguments of the dataset's constructor (e.g. `image_size`, Omniglot's "
+                                "`character_split`), checked against it when the config is loaded.")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimiser steps (meta-iterations)
-    meta_batch_size: int = 1  # episodes per step
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    seed: int = 0
-    val_every: int = 500  # steps between validations (0: only at the end)
-    val_episodes: int = 200  # fixed validation episodes, with the eval section's ways/shots/queries
-    log_every: int = 50
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    num_workers: int = 0
+    """Meta-training: the training episodes (or task batches), the budget, validation and where it runs."""
+    steps: int = setting(1000, "Optimiser steps (meta-iterations): the training budget.")
+    meta_batch_size: int = setting(1, "Episodes per step (with `[multitask] tasks`: tasks per step).")
+    ways: int = setting(5, "Classes per training episode.")
+    shots: int = setting(1, "Support examples per class in a training episode.")
+    queries: int = setting(15, "Query examples per class in a training episode.")
+    seed: int = setting(0, "Seeds the weights' initialisation and the training episodes (or task batches), so a run "
+                           "is repeatable; the validation and test episodes have their own seed (`eval.seed`).")
+    val_every: int = setting(500, "Steps between validations, each writing the `last` checkpoint and, when "
+                                  "validation accuracy improves, the `best` one (0: only at the end).")
+    val_episodes: int = setting(200, "Fixed validation episodes of the `val` split, with the `[eval]` ways, shots "
+                                     "and queries and seed `eval.seed + 1`.")
+    log_every: int = setting(50, "Steps between training rows (loss, accuracy, learning rate) in `metrics.jsonl` "
+                                 "and on the progress bar.")
+    device: str = setting("auto", '`"auto"`: CUDA when available, else CPU; or `"cpu"`, `"cuda"`, `"cuda:N"` '
+                                  '(GPU N), `"mps"`.', form=(r"auto|cpu|mps|cuda(:\d+)?", DEVICES))
+    num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
+                                  "training process). The episodes are the same for any number.")
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    step_size: int = 0  # steps between learning-rate decays (0: constant)
-    gamma: float = 0.5
-    schedule: str = "step"  # step: times gamma every step_size steps | linear: down to 0 at train.steps (Reptile)
+    """The outer-loop optimiser and its learning-rate schedule (one step per meta-iteration)."""
+    name: str = setting("adam", "The outer-loop optimiser (`adam`, `sgd`, ...).", Names(("optimisers",)))
+    lr: float = setting(1e-3, "Learning rate (the meta learning rate).")
+    weight_decay: float = setting(0.0, "L2 weight decay.")
+    momentum: float = setting(0.9, "SGD's momentum (`sgd` only).")
+    schedule: str = setting("step", "The learning-rate schedule: `step` (times `gamma` every `step_size` steps) or "
+                                    "`linear` (down to 0 at `train.steps`, Reptile's).", Names(("schedules",)))
+    step_size: int = setting(0, "`step` schedule: steps between learning-rate decays (0: a constant rate).")
+    gamma: float = setting(0.5, "`step` schedule: the factor applied to the learning rate every `step_size` steps.")
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    episodes: int = 1000
-    seed: int = 1000
-    bn: str = "running"  # running: BatchNorm running statistics | transductive: batch statistics
-    checkpoint: str = "best"  # best | last
-    protocol: str = "episodic"  # episodic | online (MANN's protocol) | multitask (held-out images of the tasks)
+    """The test (and the shape of validation): fixed seeded episodes (docs/protocol.md). The BatchNorm
+    mode is the learner's `bn` setting."""
+    split: Literal["train", "val", "test"] = setting("test", "The split the test episodes are drawn from.")
+    ways: int = setting(5, "Classes per test (and validation) episode.")
+    shots: int = setting(1, "Support examples per class in a test episode.")
+    queries: int = setting(15, "Query examples per class in a test episode.")
+    episodes: int = setting(1000, "Fixed test episodes.")
+    seed: int = setting(1000, "Seed of the test episodes (validation uses `seed + 1`).")
+    checkpoint: Literal["best", "last"] = setting("best", "Weights tested at the end of training: `best` validation "
+                                                          "accuracy, or the `last` step.")
+    protocol: str = setting("episodic", "The evaluation protocol: `episodic`, `online` (MANN's, for the sequence "
+                                        "learners) or `multitask` (held-out images of the training tasks).",
+                            Names(("protocols",)))
 
 
 @dataclass
 class MultitaskConfig:
-    tasks: str = ""  # "": few-shot episodes | alphabets | attributes (Omniglot) | class_groups (any; docs/multitask.md)
-    groups: int = 8  # class_groups: how many tasks the training classes are dealt into
-    items_per_task: int = 16  # data mini-batch per task; train.meta_batch_size tasks per step
-    holdout: list = field(default_factory=lambda: [0.7, 0.15])  # train and val fractions of each class's images
-    eval_batch: int = 256
+    """Multi-task learning: train on mini-batches of tasks instead of episodes (docs/multitask.md)."""
+    tasks: str = setting("", 'The task set: `""` (none: few-shot episodes), or a registered one (`alphabets`, '
+                             "`attributes`: Omniglot; `class_groups`: any dataset).", Names(("task sets",), ("",)))
+    groups: int = setting(8, "`class_groups`: how many tasks the training classes are dealt into.")
+    items_per_task: int = setting(16, "Images per task in a step's data mini-batch (`train.meta_batch_size` tasks "
+                                      "per step).")
+    holdout: list[float] = setting([0.7, 0.15], "Train and val fractions of each class's images (the rest: test).")
+    eval_batch: int = setting(256, "Images per forward pass when evaluating the held-out images.")
+    descriptors: str | list = setting("onehot", 'The task descriptors `z_i` of conditioned sharings: `"onehot"`, '
+                                                "a list of per-task lists of numbers, or the path of a .csv or "
+                                                ".json file holding them (relative to the current directory).")
 
 
 @dataclass
 class Config:
-    learner: dict = field(default_factory=lambda: {"name": "protonet"})
-    backbone: dict = field(default_factory=lambda: {"name": "conv4"})
+    """A run's configuration. Tables are sections; a key is `section.key` on the command line."""
+    plugins: list[str] = setting([], "Modules imported before the config is checked: user code that registers "
+                                     "components (`@LEARNERS.register(...)`), recorded with the run.")
+    learner: dict = setting({"name": "protonet"}, "`name`: the learner (`metazoo list`) or another "
+                                                  "objective (`multitask`); the other keys are the keyword "
+                                                  "arguments of its constructor, whose defaults apply to the rest "
+                                                  "(docs/learners.md), checked for unknown keys and types at load. "
+                                                  "Every learner takes `bn`, its BatchNorm mode (`\"running\"`, "
+                                                  "`\"transductive\"`, ...; docs/protocol.md).",
+                            LEARNER_NAMES)
+    backbone: dict = setting({"name": "conv4"}, "`name`: the backbone (`metazoo list`); the other keys "
+                                                "are the keyword arguments of its constructor (e.g. Conv-4's "
+                                                "`width`, `pooling`), checked like the learner's.",
+                             BACKBONE_NAMES)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -81,32 +169,120 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values: dict, where: str):
-    """Make dataclass ``cls`` from ``values``; unknown keys fail with the valid ones."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise KeyError(f"unknown config key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
-                       f"valid in [{where}]: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in values.items():
-        default = getattr(cls(), key) if dataclasses.is_dataclass(cls) else None
-        if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{key}" if where else key)
-        kwargs[key] = value
-    return cls(**kwargs)
+LEGACY_BN = ("running", "transductive")
+LEGACY_DOC = """\
+Configs written before a key moved (old config files, old runs' `config.toml`) load with the key
+moved to where it lives now. `eval.bn`, the BatchNorm mode, is one learner setting now:
+`"transductive"` becomes `learner.bn = "transductive"` unless the learner section sets `bn`;
+`"running"` is dropped (the learner's own `bn` applies)."""
 
 
-class ConfigError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+def migrate(values: dict) -> dict:
+    """``values`` (a config's tables) with legacy keys moved to where they live now, as
+    ``LEGACY_DOC`` says (a copy)."""
+    values = copy.deepcopy(values)
+    section = values.get("eval")
+    if isinstance(section, dict) and "bn" in section:
+        bn = section.pop("bn")
+        if bn not in LEGACY_BN:
+            raise ConfigError(f"eval.bn = {bn!r}: expected one of {', '.join(map(repr, LEGACY_BN))} "
+                              "(the BatchNorm mode is learner.bn now)")
+        if bn == "transductive" and isinstance(values.setdefault("learner", {}), dict):
+            values["learner"].setdefault("bn", bn)
+    return values
 
 
 def from_dict(values: dict) -> Config:
+    """A checked :class:`Config` from nested dicts (a config file's tables); legacy keys are
+    migrated (:func:`migrate`) and ``plugins`` imported before any registered name is checked."""
+    values = migrate(values)
+    registry.load_plugins(_check("plugins", values.get("plugins", []), list[str]))
+    config = _build(Config, values, "")
+    defaults = Config()
+    config.learner = _component("learner", config.learner, LEARNER_NAMES, defaults.learner["name"])
+    config.backbone = _component("backbone", config.backbone, BACKBONE_NAMES, defaults.backbone["name"])
+    config.data.options = _settings("data.options", config.data.options, DATASET_NAMES, config.data.dataset,
+                                    reserved=("split", "root"))
+    return config
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Dataclass ``cls`` from ``values`` (the table ``where``): unknown keys fail with the valid
+    ones, and every value is checked against its field's type, names and form."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} = {values!r}: expected a table ([{where}])")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(_key(where, k) for k in unknown)}; valid in "
+                          f"{f'[{where}]' if where else 'the top level'}: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key, meta = _key(where, name), fields[name].metadata
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, key)
+            continue
+        kwargs[name] = value = _check(key, value, hints[name])
+        if meta.get("names") and isinstance(value, str):
+            _check_name(key, value, meta["names"])
+        if meta.get("form") and not re.fullmatch(meta["form"][0], value):
+            raise ConfigError(f"{key} = {value!r}: expected {meta['form'][1]}")
+    return cls(**kwargs)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _component(where: str, section: dict, names: Names, default: str) -> dict:
+    """A ``[learner]`` or ``[backbone]`` section: ``name`` (``default`` unless given) picks the
+    component, and the other keys are checked as its settings (:func:`_settings`)."""
+    name = _check(f"{where}.name", section.get("name", default), str)
+    _check_name(f"{where}.name", name, names)
+    settings = {k: v for k, v in section.items() if k != "name"}
+    return {"name": name, **_settings(where, settings, names, name, reserved=("backbone",))}
+
+
+def _settings(where: str, settings: dict, names: Names, name: str, reserved: tuple[str, ...]) -> dict:
+    """``settings`` (the table ``where``) checked against the constructor of the component ``name``:
+    unknown keys (and the ``reserved`` arguments, which the builder passes) fail with the valid
+    ones, and each value must match its keyword argument's annotation. A component that cannot be
+    imported is left to fail when it is built."""
+    found = next(registry.REGISTRIES[r] for r in names.registries if name in registry.REGISTRIES[r])
     try:
-        return _build(Config, values, "")
-    except KeyError as e:
-        raise ConfigError(str(e.args[0]).replace("[]", "the top level").replace(" .", " ")) from None
+        factory = found.get_factory(name)
+    except (ImportError, AttributeError):  # e.g. a component whose module is being moved
+        return settings
+    valid = set(registry.accepted_kwargs(factory)) - set(reserved)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    unknown = sorted(set(settings) & set(reserved) if takes_any else set(settings) - valid)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(_key(where, k) for k in unknown)}; valid in [{where}] "
+                          f"for {found.kind} {name!r}: {', '.join(sorted(valid))}")
+    hints = config_types.annotations(factory)
+    return {k: _check(_key(where, k), v, hints[k]) if k in hints else v for k, v in settings.items()}
+
+
+def _check_name(key: str, value: str, names: Names) -> None:
+    """``value`` must be a name in one of ``names.registries`` (or one of ``names.extra``)."""
+    def known() -> bool:
+        return value in names.extra or any(value in registry.REGISTRIES[r] for r in names.registries)
+
+    if not known():
+        registry.load_entry_point_plugins()
+    if not known():
+        kind = registry.REGISTRIES[names.registries[0]].kind
+        raise ConfigError(f"{key} = {value!r}: unknown {kind}; valid: {', '.join(map(repr, names.valid()))}")
+
+
+def _check(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` has it (:func:`~metazoo.config_types.convert`); a mismatch fails
+    naming the key, the value and the expected type."""
+    try:
+        return config_types.convert(value, hint)
+    except config_types.Mismatch:
+        raise ConfigError(f"{key} = {value!r}: expected {config_types.describe(hint)}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -119,7 +295,7 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Apply ``key.sub=value`` overrides to a nested dict (copied)."""
-    out = _deepcopy(values)
+    out = copy.deepcopy(values)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value (e.g. train.steps=100)")
@@ -134,37 +310,73 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return out
 
 
-def _deepcopy(values: dict) -> dict:
-    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in values.items()}
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base`` (a copy): tables merge key by key, any other value is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        both_tables = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both_tables else copy.deepcopy(value)
+    return out
+
+
+def load_values(path: str | Path) -> dict:
+    """The values of a TOML config file with its ``extends`` resolved: its bases' values (in order),
+    then its own on top (``EXTENDS_DOC``)."""
+    return _load_values(Path(path), ())
+
+
+def _load_values(path: Path, chain: tuple[Path, ...]) -> dict:
+    path = Path(os.path.normpath(path))
+    seen = [p.resolve() for p in chain]
+    if path.resolve() in seen:
+        cycle = [*chain[seen.index(path.resolve()):], path]
+        raise ConfigError(f"config files extend each other in a cycle: {' -> '.join(map(str, cycle))}")
+    if chain and not path.exists():
+        raise ConfigError(f"{chain[-1]}: extends {path}, which does not exist")
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    bases = values.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: extends = {bases!r}: expected a file name or a list of them")
+    merged: dict = {}
+    for base in bases:
+        merged = merge(merged, _load_values(path.parent / base, (*chain, path)))
+    return merge(merged, values)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a TOML config file and apply dotted overrides."""
-    with open(path, "rb") as f:
-        values = tomllib.load(f)
-    return from_dict(apply_overrides(values, list(overrides)))
+    """Read a TOML config file (its ``extends`` resolved), apply dotted overrides, check it all."""
+    return from_dict(apply_overrides(load_values(path), list(overrides)))
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (a scalar, list or dict) as a TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def dump_toml(values: dict) -> str:
     """A small TOML writer for configs (nested dicts of scalars and lists; None is left out)."""
     lines: list[str] = []
 
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
     def section(prefix: str, table: dict) -> None:
         plain = {k: v for k, v in table.items() if not isinstance(v, dict) and v is not None}
         if prefix and (plain or not any(isinstance(v, dict) for v in table.values())):
             lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {scalar(v)}" for k, v in plain.items())
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in plain.items())
         for k, v in table.items():
             if isinstance(v, dict):
                 section(f"{prefix}.{k}" if prefix else k, v)

@@ -13,7 +13,7 @@ import torch
 from .data.sampling import EpisodeSampler
 from .data.storage import atomic_write_text
 from .objective import Objective
-from .protocols import mean_ci95
+from .protocols import mean_ci95  # noqa: F401  (part of this module's API)
 from .registry import PROTOCOLS
 
 
@@ -58,8 +58,8 @@ class EvalResult:
         """The one line, then the accuracy by presentation or every task's metric where there are any."""
         lines = [str(self)]
         if self.curve:
-            lines.append("by presentation: " + ", ".join(f"{k + 1}: {100 * m:.2f} +- {100 * c:.2f}%"
-                                                          for k, (m, c) in enumerate(self.curve)))
+            steps = (f"{k + 1}: {100 * m:.2f} +- {100 * c:.2f}%" for k, (m, c) in enumerate(self.curve))
+            lines.append("by presentation: " + ", ".join(steps))
         for name, metric in self.tasks.items():
             value = (f"{100 * metric['accuracy']:.2f} +- {100 * metric['ci95']:.2f}%" if "accuracy" in metric
                      else f"mse {metric['mse']:.4f}")

@@ -44,11 +44,7 @@ class Registry:
 
     def add(self, name: str, target: Callable | str, description: str | None = None, **preset: Any) -> None:
         """Add ``name``; ``target`` is a factory or a ``"module:attribute"`` reference."""
-        known = self._entries.get(name)
-        if known is not None and callable(target) and known.target == f"{target.__module__}:{target.__qualname__}":
-            known.target = target  # the declared entry's own module registering it as it is imported
-            return
-        if known is not None:
+        if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         if description is None:
             doc = inspect.getdoc(target) if callable(target) else None
@@ -164,64 +160,83 @@ SHARINGS = Registry("sharing", "sharings", "how tasks share a multi-task network
 OPTIMIZERS = Registry("optimiser", "optimisers", "outer-loop optimisers (optim.name)")
 SCHEDULES = Registry("schedule", "schedules", "learning-rate schedules (optim.schedule)")
 
-_L = "metazoo.learners."
-for _name, _target, _text in [
-    ("protonet", "protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017): squared Euclidean to class means"),
-    ("matching", "matching:MatchingNet", "Matching Networks (Vinyals et al. 2016): attention over the support set"),
-    ("relation", "relation:RelationNet", "Relation Networks (Sung et al. 2018): a learned relation module"),
-    ("maml", "gradient:MAML", "MAML (Finn et al. 2017): meta-learned initial weights; first_order for FOMAML"),
-    ("anil", "gradient:ANIL", "ANIL (Raghu et al. 2020): MAML adapting the head only"),
-    ("metasgd", "gradient:MetaSGD", "Meta-SGD (Li et al. 2017): MAML with a learned step size per weight"),
-    ("reptile", "gradient:Reptile", "Reptile (Nichol et al. 2018): first-order, moves toward adapted weights"),
-    ("lstm", "blackbox:RecurrentLearner", "an LSTM over (embedding, label) pairs: the plain black-box baseline"),
-    ("mann", "blackbox:MANN", "MANN (Santoro et al. 2016): LSTM controller, LRU-access external memory"),
-    ("snail", "blackbox:SNAIL", "SNAIL (Mishra et al. 2018): causal temporal convolutions and attention"),
-    ("baseline", "transfer:Baseline", "Baseline / Baseline++ (Chen et al. 2019): pretrain, fit a new head"),
-]:
-    LEARNERS.add(_name, _L + _target, _text)
-
-OBJECTIVES.add("multitask", "metazoo.multitask.objective:MultiTaskObjective",
-               "multi-task learning: sum_i w_i L_i over task mini-batches (trains on [multitask] tasks)")
-
-BACKBONES.add("conv4", "metazoo.backbones.conv4:Conv4", "Conv-4: four 3x3 conv-BN-ReLU-pool blocks")
-
-_D = "metazoo.data."
-DATASETS.add("omniglot", _D + "omniglot:Omniglot", "Omniglot (Lake et al. 2015), Vinyals or MAML's random split")
-DATASETS.add("mini_imagenet", _D + "mini_imagenet:MiniImageNet", "mini-ImageNet (Ravi & Larochelle split), user's copy")
-DATASETS.add("image_folder", _D + "image_folder:ImageFolder", "any folder of class folders, with a seeded class split")
-DATASETS.add("caltech101", _D + "image_folder:Caltech101", "Caltech-101 at 84x84, the project's seeded class split")
-
-_E = "metazoo.protocols:"
-PROTOCOLS.add("episodic", _E + "Episodic", "adapt on each support set, classify its queries; mean with 95% CI")
-PROTOCOLS.add("online", _E + "Online", "MANN's protocol: accuracy by presentation of a class (sequence learners)")
-PROTOCOLS.add("multitask", _E + "PerTask", "every task's metric on the held-out images of a multi-task run")
-
-_T = "metazoo.multitask.tasks:"
-TASKSETS.add("alphabets", _T + "alphabet_tasks", "Omniglot: one task per alphabet, classify its characters")
-TASKSETS.add("attributes", _T + "attribute_tasks", "Omniglot: character, alphabet, rotation and ink of one image")
-TASKSETS.add("class_groups", _T + "class_group_tasks", "any dataset: its classes dealt into seeded disjoint groups")
-
-_W = "metazoo.multitask.weighting:"
-WEIGHTINGS.add("static", _W + "StaticWeights", "fixed weights, equal unless given")
-WEIGHTINGS.add("uncertainty", _W + "UncertaintyWeights", "homoscedastic uncertainty (Kendall et al. 2018)")
-WEIGHTINGS.add("dwa", _W + "DynamicWeightAverage", "dynamic weight average (Liu et al. 2019)")
-WEIGHTINGS.add("gradnorm", _W + "GradNorm", "gradient normalisation (Chen et al. 2018)")
-
-_C = "metazoo.multitask.conditioning:"
-CONDITIONINGS.add("concat", _C + "Concat", "a linear layer on [x; z]")
-CONDITIONINGS.add("additive", _C + "Additive", "W x + b + U z: the descriptor shifts the layer")
-CONDITIONINGS.add("multiplicative", _C + "Multiplicative", "(W x + b) * (G z): the descriptor gates each unit")
-CONDITIONINGS.add("film", _C + "FiLM", "(W x + b) * (G z) + U z (Perez et al. 2018)")
-
-_S = "metazoo.multitask.model:"
-for _name in CONDITIONINGS.names():
-    SHARINGS.add(_name, _S + "Conditioned", f"one trunk and hidden layer, conditioned by {_name}",
+# The built-in entries: name, "module:attribute" under metazoo, one-line description.
+BUILTINS: dict[Registry, list[tuple[str, str, str]]] = {
+    LEARNERS: [
+        ("protonet", "learners.protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017): squared Euclidean "
+                                                   "to class means"),
+        ("matching", "learners.matching:MatchingNet", "Matching Networks (Vinyals et al. 2016): attention over "
+                                                      "the support set"),
+        ("relation", "learners.relation:RelationNet", "Relation Networks (Sung et al. 2018): a learned relation "
+                                                      "module"),
+        ("maml", "learners.gradient:MAML", "MAML (Finn et al. 2017): meta-learned initial weights; first_order "
+                                           "for FOMAML"),
+        ("anil", "learners.gradient:ANIL", "ANIL (Raghu et al. 2020): MAML adapting the head only"),
+        ("metasgd", "learners.gradient:MetaSGD", "Meta-SGD (Li et al. 2017): MAML with a learned step size per weight"),
+        ("reptile", "learners.gradient:Reptile", "Reptile (Nichol et al. 2018): first-order, moves toward adapted "
+                                                 "weights"),
+        ("lstm", "learners.blackbox:RecurrentLearner", "an LSTM over (embedding, label) pairs: the plain black-box "
+                                                       "baseline"),
+        ("mann", "learners.blackbox:MANN", "MANN (Santoro et al. 2016): LSTM controller, LRU-access external memory"),
+        ("snail", "learners.blackbox:SNAIL", "SNAIL (Mishra et al. 2018): causal temporal convolutions and attention"),
+        ("baseline", "learners.transfer:Baseline", "Baseline / Baseline++ (Chen et al. 2019): pretrain, fit a new "
+                                                   "head"),
+    ],
+    OBJECTIVES: [("multitask", "multitask.objective:MultiTaskObjective",
+                  "multi-task learning: sum_i w_i L_i over task mini-batches (trains on [multitask] tasks)")],
+    BACKBONES: [
+        ("conv4", "backbones.conv4:Conv4", "Conv-4: four 3x3 conv-BN-ReLU-pool blocks"),
+        ("resnet12", "backbones.resnet12:ResNet12", "ResNet-12 (TADAM, MetaOptNet): four residual blocks, widths "
+                                                    "64-160-320-640"),
+    ],
+    DATASETS: [
+        ("omniglot", "data.omniglot:Omniglot", "Omniglot (Lake et al. 2015), Vinyals or MAML's random split"),
+        ("mini_imagenet", "data.mini_imagenet:MiniImageNet", "mini-ImageNet (Ravi & Larochelle split), user's copy"),
+        ("image_folder", "data.image_folder:ImageFolder", "any folder of class folders, with a seeded class split"),
+        ("caltech101", "data.image_folder:Caltech101", "Caltech-101 at 84x84, the project's seeded class split"),
+    ],
+    PROTOCOLS: [
+        ("episodic", "protocols:Episodic", "adapt on each support set, classify its queries; mean with 95% CI"),
+        ("online", "protocols:Online", "MANN's protocol: accuracy by presentation of a class (sequence learners)"),
+        ("multitask", "protocols:PerTask", "every task's metric on the held-out images of a multi-task run"),
+    ],
+    TASKSETS: [
+        ("alphabets", "multitask.tasks:alphabet_tasks", "Omniglot: one task per alphabet, classify its characters"),
+        ("attributes", "multitask.tasks:attribute_tasks", "Omniglot: character, alphabet, rotation and ink of one "
+                                                          "image"),
+        ("class_groups", "multitask.tasks:class_group_tasks", "any dataset: its classes dealt into seeded disjoint "
+                                                              "groups"),
+    ],
+    WEIGHTINGS: [
+        ("static", "multitask.weighting:StaticWeights", "fixed weights, equal unless given"),
+        ("uncertainty", "multitask.weighting:UncertaintyWeights", "homoscedastic uncertainty (Kendall et al. 2018)"),
+        ("dwa", "multitask.weighting:DynamicWeightAverage", "dynamic weight average (Liu et al. 2019)"),
+        ("gradnorm", "multitask.weighting:GradNorm", "gradient normalisation (Chen et al. 2018)"),
+    ],
+    CONDITIONINGS: [
+        ("concat", "multitask.conditioning:Concat", "a linear layer on [x; z]"),
+        ("additive", "multitask.conditioning:Additive", "W x + b + U z: the descriptor shifts the layer"),
+        ("multiplicative", "multitask.conditioning:Multiplicative", "(W x + b) * (G z): the descriptor gates each "
+                                                                    "unit"),
+        ("film", "multitask.conditioning:FiLM", "(W x + b) * (G z) + U z (Perez et al. 2018)"),
+    ],
+    SHARINGS: [
+        ("multihead", "multitask.model:MultiHead", "one shared trunk, a hidden and output layer per task"),
+        ("independent", "multitask.model:Independent", "a network per task, nothing shared (soft sharing can pull "
+                                                       "them)"),
+    ],
+    OPTIMIZERS: [
+        ("adam", "optim:adam", "Adam (lr, weight_decay)"),
+        ("sgd", "optim:sgd", "SGD with momentum (lr, momentum, weight_decay)"),
+    ],
+    SCHEDULES: [
+        ("step", "optim:step_schedule", "times gamma every step_size steps (0: constant)"),
+        ("linear", "optim:linear_schedule", "down to 0 at train.steps (Reptile)"),
+    ],
+}
+for _registry, _entries in BUILTINS.items():
+    for _name, _target, _text in _entries:
+        _registry.add(_name, f"metazoo.{_target}", _text)
+for _name in CONDITIONINGS.names():  # a conditioned trunk per conditioning
+    SHARINGS.add(_name, "metazoo.multitask.model:Conditioned", f"one trunk and hidden layer, conditioned by {_name}",
                  conditioning=_name)
-SHARINGS.add("multihead", _S + "MultiHead", "one shared trunk, a hidden and output layer per task")
-SHARINGS.add("independent", _S + "Independent", "a network per task, nothing shared (soft sharing can pull them)")
-
-_O = "metazoo.optim:"
-OPTIMIZERS.add("adam", _O + "adam", "Adam (lr, weight_decay)")
-OPTIMIZERS.add("sgd", _O + "sgd", "SGD with momentum (lr, momentum, weight_decay)")
-SCHEDULES.add("step", _O + "step_schedule", "times gamma every step_size steps (0: constant)")
-SCHEDULES.add("linear", _O + "linear_schedule", "down to 0 at train.steps (Reptile)")

@@ -175,3 +175,37 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
     assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--data-root", str(tmp_path / "nowhere"), *TINY]) == 2
     assert "Looked in" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# --- docs/adding_a_learner.md, "Adding a dataset", followed literally --------------------------------
+def test_the_adding_a_dataset_section_works_as_written(tmp_path):
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from metazoo.config import from_dict
+    from metazoo.registry import DATASETS
+    from metazoo.trainer import meta_train
+
+    doc = Path(REPO) / "docs" / "adding_a_learner.md"
+    section = doc.read_text().split("\n## Adding a dataset\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    if "my_dataset" not in DATASETS:
+        exec(compile(code, str(doc), "exec"), {})
+    with pytest.raises(FileNotFoundError, match="my_dataset not found. Looked in"):
+        DATASETS.create("my_dataset", split="train", root=tmp_path)
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    g = np.random.default_rng(0)
+    for split, classes in (("train", 6), ("val", 4), ("test", 4)):
+        np.savez(folder / f"{split}.npz", images=g.integers(0, 256, (classes * 5, 1, 16, 16), dtype=np.uint8),
+                 class_sizes=np.full(classes, 5), class_names=np.array([f"{split}{c}" for c in range(classes)]))
+    assert 'dataset = "my_dataset"' in section
+    config = from_dict({"data": {"dataset": "my_dataset"}, "backbone": {"name": "conv4", "width": 4},
+                        "train": {"steps": 2, "ways": 3, "queries": 2, "val_episodes": 2},
+                        "eval": {"ways": 3, "queries": 2, "episodes": 3}})
+    summary = meta_train(config, tmp_path / "run", data_root=tmp_path, progress=False)
+    assert summary["test"]["protocol"]["dataset"] == "my_dataset"
+    assert summary["test"]["protocol"]["class_split"] == "my_dataset's own split files"
+    assert "image_size = 16" in (tmp_path / "run" / "config.toml").read_text()

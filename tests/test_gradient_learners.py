@@ -244,6 +244,7 @@ def test_wrong_way_count_is_a_clear_error():
     ("metasgd", {"inner_steps": 1, "inner_lr": 0.4, "test_inner_steps": 3}),
     ("reptile", {"inner_steps": 5, "inner_lr": 0.2, "test_inner_steps": 10}),
 ])
+@pytest.mark.slow
 def test_short_real_run_beats_chance(tmp_path, data_root, name, settings):
     """80 meta-iterations on real Omniglot 5-way 1-shot (small Conv-4): test accuracy far above 20%."""
     reptile = name == "reptile"

@@ -1,5 +1,6 @@
 """The multi-task toolkit's maths: conditioning modules, task weightings, soft sharing, by hand."""
 import math
+import os
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from torch import nn
 
 from metazoo.multitask import (FiLM, Additive, Concat, DynamicWeightAverage, Multiplicative, StaticWeights,
                                UncertaintyWeights, additive_from_concat, soft_sharing_penalty)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_concatenation_then_linear_equals_additive_conditioning():
@@ -280,7 +283,7 @@ def small_learner(**settings):
 
     torch.manual_seed(0)
     return MultiTaskObjective(Trunk(), outputs=[3, 2, 1], losses=["classification", "classification", "regression"],
-                            hidden=8, **settings)
+                              hidden=8, **settings)
 
 
 def task_batches():
@@ -359,3 +362,74 @@ def test_a_learner_and_a_config_that_disagree_on_tasks_fail_clearly(tmp_path):
                         "train": {"steps": 1}})
     with pytest.raises(ValueError, match="multi-task training needs \\[multitask\\] tasks: one of alphabets"):
         meta_train(config, tmp_path / "b", progress=False)
+
+
+# --- GradNorm, task descriptors from the config, the study's run keys ------------------------------
+def test_gradnorm_by_hand_network_follows_the_weighted_loss_weights_follow_the_balance():
+    learner = small_learner(sharing="multihead", weighting="gradnorm", alpha=1.0)
+    weighting = learner.weighting
+    with torch.no_grad():
+        weighting.w.fill_(2.0)  # renormalised to sum to T = 3 before the step
+    batches = task_batches()
+    loss, _ = learner.meta_loss(batches)
+    assert torch.allclose(weighting.w, torch.ones(3))
+    shared = learner.net.last_shared_weight()
+    assert shared is not None and shared.dim() >= 2
+    losses = [learner.task_loss(b)[0] for b in batches]  # tasks 0 and 2
+    torch.testing.assert_close(loss, losses[0] + losses[1])
+    norms = torch.stack([torch.autograd.grad(x, shared, retain_graph=True)[0].norm() for x in losses])
+    target = norms.mean()  # first step: every inverse training rate is 1
+    loss.backward()
+    expected = torch.sign(norms - target) * norms
+    torch.testing.assert_close(weighting.w.grad[[0, 2]], expected)
+    assert weighting.w.grad[1] == 0  # absent from the step
+    plain = small_learner(sharing="multihead")
+    plain.meta_loss(batches)[0].backward()
+    for (name, p), q in zip(learner.net.named_parameters(), plain.net.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)  # the network's gradient: sum_i w_i L_i
+    with pytest.raises(ValueError, match="shares none"):
+        small_learner(sharing="independent", weighting="gradnorm").meta_loss(batches)
+
+
+@pytest.mark.parametrize("source", ["list", "csv"])
+def test_task_descriptors_come_from_the_config_and_follow_the_networks_dtype(tmp_path, source):
+    from metazoo.build import build_objective, resolve_config
+    from metazoo.config import from_dict
+
+    from .conftest import toy_dataset
+
+    z = [[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]]
+    value = z
+    if source == "csv":
+        (tmp_path / "z.csv").write_text("a,b,c\n1,0.5,0\n0,2,1\n")
+        value = str(tmp_path / "z.csv")
+    data = toy_dataset(class_sizes=(8,) * 6, side=16)
+    config = from_dict({"learner": {"name": "multitask", "sharing": "film", "hidden": 4},
+                        "backbone": {"name": "conv4", "width": 4},
+                        "multitask": {"tasks": "class_groups", "groups": 2, "descriptors": value, "items_per_task": 4},
+                        "train": {"steps": 2, "meta_batch_size": 2}})
+    config = resolve_config(config, data, tmp_path)
+    assert config.learner["descriptor_size"] == 3
+    objective = build_objective(config)
+    items = objective.training_items(data, config)
+    torch.testing.assert_close(objective.net.descriptors, torch.tensor(z))
+    assert items[0].inputs.shape[0] == 4
+    assert objective.double().net.descriptors.dtype == torch.float64
+    bad = from_dict({**config.to_dict(), "multitask": {**config.to_dict()["multitask"], "descriptors": [[1.0]]}})
+    with pytest.raises(ValueError, match="1 descriptors for 2 tasks"):
+        objective.training_items(data, bad)
+
+
+def test_the_study_keys_runs_by_their_settings():
+    import importlib.util
+
+    from metazoo.config import load_config
+
+    spec = importlib.util.spec_from_file_location("study", os.path.join(REPO, "experiments", "multitask", "study.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    base = os.path.join(REPO, "experiments", "multitask", "alphabets.toml")
+    keys = {study.run_key("FiLM", load_config(base, [f"train.steps={n}", *extra]))
+            for n, extra in [(100, []), (200, []), (100, ["learner.hidden=64"])]}
+    assert len(keys) == 3
+    assert study.run_key("FiLM", load_config(base, ["train.steps=100"])) in keys  # the same settings, the same run

@@ -51,6 +51,7 @@ def test_resume_continues_exactly(tmp_path, data_root):
     assert steps == [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_short_real_training_beats_chance(tmp_path, data_root):
     """ProtoNet trained for 100 steps on real Omniglot: 5-way 1-shot test accuracy far above 20% chance."""
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ the plot a text file).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -43,11 +44,19 @@ VARIANTS = {  # name -> overrides of alphabets.toml, most informative first
 }
 
 
+def run_key(name: str, config) -> str:
+    """A run directory name from the variant and every setting that shapes its result, so a finished
+    run is reused only for the same settings (another --steps is another run)."""
+    settings = json.dumps({k: v for k, v in config.to_dict().items() if k != "data"}, sort_keys=True)
+    slug = name.replace(" ", "_").replace("+", "and").replace(",", "")
+    return f"{slug}-{config.train.steps}steps-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+
+
 def run(name: str, overrides: list[str], args) -> dict:
-    run_dir = Path(args.out) / name.replace(" ", "_").replace("+", "and").replace(",", "")
+    config = load_config(HERE / "alphabets.toml", [*overrides, f"train.steps={args.steps}"])
+    run_dir = Path(args.out) / run_key(name, config)
     result = run_dir / "result.json"
     if not result.exists():
-        config = load_config(HERE / "alphabets.toml", [*overrides, f"train.steps={args.steps}"])
         start = time.perf_counter()
         meta_train(config, run_dir, resume=(run_dir / "last.pt").exists(), data_root=args.data_root,
                    progress=False)

@@ -1,11 +1,9 @@
-"""Backbones (feature extractors) and their registry."""
+"""Backbones (feature extractors); their registry is :data:`metazoo.registry.BACKBONES`."""
 from __future__ import annotations
 
 from torch import nn
 
-from ..registry import Registry
-
-BACKBONES = Registry("backbone")
+from ..registry import BACKBONES
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
@@ -17,7 +15,8 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-from . import conv4  # noqa: E402,F401  (registers)
 from .conv4 import Conv4  # noqa: E402
+from .functional import Functional  # noqa: E402
+from .resnet12 import ResNet12  # noqa: E402
 
-__all__ = ["BACKBONES", "Conv4", "create_backbone", "list_backbones"]
+__all__ = ["BACKBONES", "Conv4", "Functional", "ResNet12", "create_backbone", "list_backbones"]

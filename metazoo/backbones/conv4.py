@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import BACKBONES
+from .functional import Functional, Ops
 
 
 def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: bool = True) -> nn.Sequential:
@@ -20,8 +20,7 @@ def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: b
     return nn.Sequential(*layers)
 
 
-@BACKBONES.register("conv4")
-class Conv4(nn.Module):
+class Conv4(Functional):
     """Four conv blocks: 64-d features on 28x28 inputs, 1600-d on 84x84 with ``width=64``.
 
     Args:
@@ -37,7 +36,8 @@ class Conv4(nn.Module):
             Omniglot network does after its strided convolutions.
 
     ``forward`` returns flat features (n, feature_size); ``feature_shape`` (channels, side, side)
-    says how they unflatten into the last block's feature maps.
+    says how they unflatten into the last block's feature maps. The forward pass is written once,
+    as ``functional_forward``, which MAML's inner loop also runs for a batch of tasks.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, pooling: bool = True,
@@ -57,6 +57,6 @@ class Conv4(nn.Module):
         self.feature_shape = (width, side, side)
         self.feature_size = width * side * side
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(n, c, h, w) -> (n, feature_size)."""
-        return self.pool(self.blocks(inputs)).flatten(1)
+    def functional_forward(self, inputs: torch.Tensor, ops: Ops) -> torch.Tensor:
+        """(n, c, h, w) -> (n, feature_size), each layer run by ``ops``."""
+        return ops.flatten(ops(self.pool, ops(self.blocks, inputs)))

@@ -43,8 +43,8 @@ class Learner(Objective):
         """Seeded ``train.ways``-way episodes of the training split, ``train.steps`` meta-batches' worth."""
         t = config.train
         if config.multitask.tasks:
-            raise ValueError(f"[multitask] tasks is set, but learner {config.learner.get('name')!r} trains on episodes: "
-                             "multi-task training is [learner] name = \"multitask\"")
+            raise ValueError(f"[multitask] tasks is set, but learner {config.learner.get('name')!r} trains on "
+                             "episodes: multi-task training is [learner] name = \"multitask\"")
         return EpisodeSampler(train_set, t.ways, t.shots, t.queries, seed=t.seed, episodes=t.steps * t.meta_batch_size)
 
     def as_learner(self) -> "Learner":
@@ -75,4 +75,3 @@ class Learner(Objective):
             total += len(labels)
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.detach(), "accuracy": correct.detach().float() / max(total, 1)}
-
