@@ -80,6 +80,14 @@ class DataConfig:
 class TrainConfig:
     """Meta-training: the training episodes (or task batches), the budget, validation and where it runs."""
     steps: int = setting(1000, "Optimiser steps (meta-iterations): the training budget.")
+    split: Literal["train", "trainval"] = setting("train", "The split meta-trained on: `train`, or `trainval` (train and val classes "
+                                  "together, as most Omniglot papers train after choosing settings on val: use a "
+                                  "fixed step budget and `eval.checkpoint = \"last\"`, since validation then sees "
+                                  "training classes). Recorded in every result as `train_split`.")
+    max_minutes: float = setting(0.0, "Wall-clock budget of the training, in minutes over all its sessions (0: none): "
+                                      "the run stops cleanly at the first step past it, validating and writing "
+                                      "both checkpoints, and records how far it got; `--resume` with a larger "
+                                      "budget continues it.")
     meta_batch_size: int = setting(1, "Episodes per step (with `[multitask] tasks`: tasks per step).")
     ways: int = setting(5, "Classes per training episode.")
     shots: int = setting(1, "Support examples per class in a training episode.")
@@ -96,6 +104,8 @@ class TrainConfig:
                                   '(GPU N), `"mps"`.', form=(r"auto|cpu|mps|cuda(:\d+)?", DEVICES))
     num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
                                   "training process). The episodes are the same for any number.")
+    tensorboard: bool = setting(False, "Also write the metrics rows as TensorBoard scalars into the run directory "
+                                       "(needs the `tensorboard` extra: `pip install metazoo[tensorboard]`).")
 
 
 @dataclass
@@ -252,7 +262,7 @@ def _settings(where: str, settings: dict, names: Names, name: str, reserved: tup
     found = next(registry.REGISTRIES[r] for r in names.registries if name in registry.REGISTRIES[r])
     try:
         factory = found.get_factory(name)
-    except (ImportError, AttributeError):  # e.g. a component whose module is being moved
+    except (ImportError, AttributeError):  # left to fail, with its own error, when it is built
         return settings
     valid = set(registry.accepted_kwargs(factory)) - set(reserved)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())

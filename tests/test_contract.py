@@ -117,12 +117,17 @@ def test_every_registry_entry_has_a_description_and_list_shows_them_without_torc
         for name, description in registry.describe():
             assert description, f"{registry.kind} {name!r} has no description"
             registry.get_factory(name)  # every declared entry resolves to a factory
+    for args in (["--help"], ["--version"], ["train", "--help"]):
+        code = (f"import sys\ntry:\n    from metazoo.cli import main; main({args!r})\nexcept SystemExit:\n    pass\n"
+                "assert 'torch' not in sys.modules, 'imported torch'")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, (args, done.stderr)
     code = ("import sys; from metazoo.cli import main; main(['list']); "
             "assert 'torch' not in sys.modules, 'list imported torch'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")  # not the repo
     assert done.returncode == 0, done.stderr
-    for line in ("weightings:", "  gradnorm", "sharings:", "  multihead", "protocols:", "  online",
-                 "experiments/omniglot/maml_5w1s.toml"):
+    for line in ("weightings:", "  gradnorm", "sharings:", "  multihead", "protocols:", "  online", "resnet12",
+                 "experiments/omniglot/maml_5w1s.toml\n"):  # found beside the package, one per line
         assert line in done.stdout
     assert "base/" not in done.stdout  # base configs are not runnable cells
 
