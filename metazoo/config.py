@@ -80,10 +80,11 @@ class DataConfig:
 class TrainConfig:
     """Meta-training: the training episodes (or task batches), the budget, validation and where it runs."""
     steps: int = setting(1000, "Optimiser steps (meta-iterations): the training budget.")
-    split: Literal["train", "trainval"] = setting("train", "The split meta-trained on: `train`, or `trainval` (train and val classes "
-                                  "together, as most Omniglot papers train after choosing settings on val: use a "
-                                  "fixed step budget and `eval.checkpoint = \"last\"`, since validation then sees "
-                                  "training classes). Recorded in every result as `train_split`.")
+    split: Literal["train", "trainval"] = setting(
+        "train", "The split meta-trained on: `train`, or `trainval` (train and val classes together, as most "
+                 "Omniglot papers train after choosing settings on val: use a fixed step budget and "
+                 "`eval.checkpoint = \"last\"`, since validation then sees training classes). Recorded in every "
+                 "result as `train_split`.")
     max_minutes: float = setting(0.0, "Wall-clock budget of the training, in minutes over all its sessions (0: none): "
                                       "the run stops cleanly at the first step past it, validating and writing "
                                       "both checkpoints, and records how far it got; `--resume` with a larger "
