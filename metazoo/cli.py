@@ -1,4 +1,4 @@
-"""``metazoo``: list | train | eval | data check | bench.
+"""``metazoo``: list | train | eval | reproduce | report | plot | data check | bench.
 
 Only the commands that train, evaluate or read data import torch; ``--help``, ``--version`` and
 ``list`` do not.
@@ -68,14 +68,54 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .registry import load_plugins
+    from .run import ZOO_PREFIX
     from .trainer import test_run
 
     load_plugins(args.plugin)
     overrides = [f"eval.{key}={getattr(args, key)}" for key in EVAL_FLAGS if getattr(args, key) is not None]
     overrides += [f"learner.bn={args.bn}"] if args.bn is not None else []
+    overrides += [f"data.dataset={args.dataset}"] if args.dataset is not None else []
+    zoo = args.run_dir.startswith(ZOO_PREFIX)
     result = test_run(args.run_dir, args.checkpoint or "best", args.data_root, not args.quiet,
-                      [*overrides, *args.set])
-    print(f"{result.report()}\nwrote {Path(args.run_dir) / 'result.json'} (and appended to results.jsonl)")
+                      [*overrides, *args.set], write=not zoo)
+    where = "a model-zoo entry: nothing written" if zoo else \
+        f"wrote {Path(args.run_dir) / 'result.json'} (and appended to results.jsonl)"
+    print(f"{result.report()}\n{where}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .published import cells
+    from .registry import load_plugins
+    from .reproduce import describe, plan, reproduce
+
+    load_plugins(args.plugin)
+    chosen = cells(args.selection)
+    if args.dry_run:
+        print(describe(plan(chosen, Path(args.output), args.set), args.budget))
+        return 0
+    records = reproduce(chosen, args.output, args.budget, args.device, args.data_root, args.zoo, not args.quiet,
+                        args.set)
+    for r in records:
+        paper = f" (paper {r['paper']['value']})" if r["paper"] else ""
+        print(f"{r['cell']}: {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f}%{paper} after {r['steps']} steps")
+    print(f"{len(records)} new records in {Path(args.output) / 'records.jsonl'}; "
+          f"`metazoo report {args.output}` renders them")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .results import report_main
+
+    text = report_main(args.paths, out=args.out, template=args.template)
+    print(text if args.out is None else f"wrote {args.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_command
+
+    print(plot_command(args.paths, args.output, args.report))
     return 0
 
 
@@ -130,7 +170,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", parents=[plugin], help="evaluate a run's checkpoint on fixed test items")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory, or zoo:<dataset>/<name> for a model-zoo entry")
+    s.add_argument("--dataset",
+                   help="evaluate on another registered dataset (its default settings, unless --set data.options...)")
     s.add_argument("--split")
     s.add_argument("--ways", type=int)
     s.add_argument("--shots", type=int)
@@ -148,6 +190,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="data root (else the one the run recorded)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("reproduce", parents=[plugin], help="train and test the paper cells (metazoo.published), "
+                                                           "one record per cell")
+    s.add_argument("selection", nargs="+", help="a dataset (omniglot, mini_imagenet), a learner (protonet), or cells "
+                                                "like protonet/omniglot/5w1s")
+    s.add_argument("-o", "--output", default="runs/reproduce",
+                   help="output folder: a run per trained model and records.jsonl (default runs/reproduce)")
+    s.add_argument("--budget", type=float,
+                   help="wall-clock minutes per run (train.max_minutes); a later call with a larger budget continues")
+    s.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
+    s.add_argument("--dry-run", action="store_true", help="list the cells, the runs they need and the commands")
+    s.add_argument("--zoo", help="also write a model-zoo entry per run here (e.g. experiments/zoo)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override every cell's config (e.g. train.steps=100 for a smoke test)")
+    s.add_argument("--data-root")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("report", help="render result records (JSON Lines) as Markdown tables beside the papers")
+    s.add_argument("paths", nargs="+", help="records files, or folders holding records.jsonl or *.jsonl")
+    s.add_argument("--template", help="a Markdown page with <!-- report: DATASET --> markers to fill")
+    s.add_argument("--out", help="write here instead of printing")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("plot", help="validation accuracy of runs against steps and wall time, or (--report) ours "
+                                    "against the papers per cell (needs the plots extra)")
+    s.add_argument("paths", nargs="+", help="run directories, or with --report records files / folders")
+    s.add_argument("--report", action="store_true")
+    s.add_argument("-o", "--output", required=True, help="figure file (.png or .svg)")
+    s.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("data", help="data utilities")
     data_sub = s.add_subparsers(dest="data_command", required=True)
@@ -169,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="metazoo: %(message)s")
     try:
         return args.func(args)
-    except (KeyError, TypeError, ValueError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
+    except (KeyError, TypeError, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
         if isinstance(err, TypeError) and "has no setting" not in str(err):
             raise
-        if isinstance(err, ModuleNotFoundError) and not str(err).startswith("plugin module"):
+        if isinstance(err, ImportError) and not str(err).startswith("plugin module") and "pip install" not in str(err):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"metazoo: error: {message}", file=sys.stderr)

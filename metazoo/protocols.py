@@ -126,7 +126,7 @@ class PerTask(Protocol):
         """The ``which`` (val or test) held-out part of every task's images."""
         from .build import build_dataset
 
-        train_set = train_set if train_set is not None else build_dataset(config, "train", data_root)
+        train_set = train_set if train_set is not None else build_dataset(config, config.train.split, data_root)
         return TaskEvalSampler(taskset_from_config(config, train_set).holdout(which), config.multitask.eval_batch)
 
     def run(self, model: MultiTaskObjective, items: TaskEvalSampler, device, progress: bool) -> dict:

@@ -16,10 +16,12 @@ import torch
 
 from .build import build_dataset, build_objective, resolve_config, resolve_device
 from .config import Config, apply_overrides, from_dict
+from .data import data_root as find_data_root
 from .objective import Objective
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.toml"
 RESULT, RESULTS = "result.json", "results.jsonl"
+ZOO_PREFIX = "zoo:"
 
 
 @dataclass
@@ -42,25 +44,55 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def resolve_run_dir(name: str | Path) -> Path:
+    """A run directory, or a model-zoo entry ``zoo:<dataset>/<name>`` (``experiments/zoo/...`` under the
+    working directory or beside the package)."""
+    text = str(name)
+    if not text.startswith(ZOO_PREFIX):
+        return Path(name)
+    entry = text[len(ZOO_PREFIX):]
+    for root in zoo_roots():
+        if (root / entry / CONFIG).exists():
+            return root / entry
+    known = sorted(f"zoo:{p.parent.relative_to(r).as_posix()}" for r in zoo_roots() for p in r.glob(f"*/*/{CONFIG}"))
+    raise FileNotFoundError(f"no model-zoo entry {text!r}; the zoo holds: {', '.join(known) or 'nothing yet'}")
+
+
+def zoo_roots() -> list[Path]:
+    """Where model-zoo entries are looked for: ./experiments/zoo, then the one beside the package."""
+    roots = [Path("experiments") / "zoo", Path(__file__).resolve().parents[1] / "experiments" / "zoo"]
+    return [r for r in dict.fromkeys(roots) if r.is_dir()]
+
+
 def read_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """A run directory's ``config.toml`` with dotted overrides applied (checked as any config)."""
-    path = Path(run_dir) / CONFIG
+    """A run directory's ``config.toml`` with dotted overrides applied (checked as any config). An
+    override of ``data.dataset`` (evaluating a run on another dataset) starts that dataset from its
+    own default settings unless ``data.options`` are overridden too."""
+    path = resolve_run_dir(run_dir) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a metazoo run directory?")
-    return from_dict(apply_overrides(tomllib.loads(path.read_text()), list(overrides)))
+    values = tomllib.loads(path.read_text())
+    changed = apply_overrides(values, list(overrides))
+    other_dataset = changed.get("data", {}).get("dataset") != values.get("data", {}).get("dataset")
+    if other_dataset and not any(o.split("=", 1)[0].strip().startswith("data.options") for o in overrides):
+        changed["data"]["options"] = {}  # the run's dataset settings belong to its own dataset
+    return from_dict(changed)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str] | tuple[str, ...] = (),
              data_root: str | Path | None = None, device: str | torch.device | None = None) -> Run:
-    """Reload a run: its objective with the ``checkpoint`` weights (``best`` or ``last``) and its fully
-    resolved config. ``overrides`` (``key=value``) change settings for this use, e.g. a test-time
-    ``learner.lr``; ``data_root`` replaces the recorded data root (a run moved to another machine);
-    ``device`` defaults to the run's ``train.device``. Runs written before config.toml held resolved
-    values are resolved again from their training split."""
-    run_dir = Path(run_dir)
+    """Reload a run (a directory, or ``zoo:<dataset>/<name>`` for a model-zoo entry): its objective with
+    the ``checkpoint`` weights (``best`` or ``last``) and its fully resolved config. ``overrides``
+    (``key=value``) change settings for this use, e.g. a test-time ``learner.lr``; ``data_root``
+    replaces the recorded data root (a run moved to another machine; a zoo entry records none, so
+    the usual setting applies); ``device`` defaults to the run's ``train.device``. Runs written
+    before config.toml held every resolved value are resolved again from their training split."""
+    run_dir = resolve_run_dir(run_dir)
     config = read_config(run_dir, overrides)
-    if data_root is not None or not config.data.root:  # moved, or written before the root was recorded
-        config = resolve_config(config, build_dataset(config, "train", data_root), data_root)
+    if "bn" not in config.learner:  # written before config.toml held every resolved value
+        config = resolve_config(config, build_dataset(config, config.train.split, data_root), data_root)
+    elif data_root is not None:  # the run moved to another machine
+        config.data.root = str(find_data_root(data_root).resolve())
     device = resolve_device(str(device) if device is not None else config.train.device)
     objective = build_objective(config).to(device)
     state = load_checkpoint(run_dir / f"{checkpoint}.pt", device)

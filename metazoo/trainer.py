@@ -46,11 +46,23 @@ class Training:
     device: torch.device
     step: int = 0
     best: dict = field(default_factory=lambda: {"step": 0, "accuracy": -1.0})
+    seconds_before: float = 0.0  # training seconds of earlier sessions (a resumed run)
+    started: float = field(default_factory=time.perf_counter)
+    validated: int = 0  # the step of the latest checkpoint
+    stopped: str | None = None
+
+    def seconds(self) -> float:
+        """Wall-clock seconds this run has trained, over all its sessions."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def over_budget(self) -> bool:
+        budget = self.config.train.max_minutes
+        return budget > 0 and self.seconds() >= 60 * budget
 
     def checkpoint(self, path: Path) -> None:
         atomic_save({"step": self.step, "best": self.best, "learner": self.objective.state_dict(),
                      "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict()}, path)
+                     "scheduler": self.scheduler.state_dict(), "train_seconds": self.seconds()}, path)
 
 
 def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_root: str | Path | None = None,
@@ -71,10 +83,9 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     (run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
     if resume and (run_dir / LAST).exists():
         restore(run)
-    clock = time.perf_counter()
     train_steps(run, progress)
-    summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best,
-               "train_seconds": time.perf_counter() - clock}
+    summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best, "train_seconds": run.seconds(),
+               "stopped": run.stopped}
     if test:
         summary["test"] = test_run(run_dir, run.config.eval.checkpoint, data_root, progress).to_dict()
     return summary
@@ -82,7 +93,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
 
 def prepare(config: Config, run_dir: Path, data_root: str | Path | None) -> Training:
     """Build the run's objects from ``config``: data, resolved config, objective, optimiser, items."""
-    train_set = build_dataset(config, "train", data_root)
+    train_set = build_dataset(config, config.train.split, data_root)
     config = resolve_config(config, train_set, data_root)
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
@@ -100,63 +111,84 @@ def restore(run: Training) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.best = state["step"], state["best"]
+    run.validated, run.seconds_before, run.started = run.step, state.get("train_seconds", 0.0), time.perf_counter()
     _truncate_metrics(run.run_dir / METRICS, run.step)
 
 
 def train_steps(run: Training, progress: bool) -> None:
     """Steps ``run.step + 1 .. train.steps``: log every ``log_every``, validate and checkpoint every
-    ``val_every`` and at the end."""
+    ``val_every`` and at the end; with ``train.max_minutes``, stop at the first step past the budget
+    (validating and checkpointing there) and record the stop."""
     t = run.config.train
     indices = range(run.step * t.meta_batch_size, t.steps * t.meta_batch_size)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=t.meta_batch_size,
                                          collate_fn=list, num_workers=t.num_workers)
     bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
-    clock = time.perf_counter()
     with open(run.run_dir / METRICS, "a") as metrics:
-        for run.step, batch in enumerate(loader, run.step + 1):
-            run.objective.train()
-            run.optimizer.zero_grad(set_to_none=True)
-            stats = run.objective.meta_backward([item.to(run.device) for item in batch])
-            run.optimizer.step()
-            run.scheduler.step()
+        for step, batch in enumerate(loader, run.step + 1):
+            if run.over_budget():
+                run.stopped = "budget"
+                break
+            run.step = step
+            stats = train_step(run, batch)
             bar.update()
-            if run.step % t.log_every == 0 or run.step == t.steps:
-                row = {"step": run.step, "split": "train", **{k: float(v) for k, v in stats.items()},
-                       "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - clock}
+            if step % t.log_every == 0 or step == t.steps:
+                row = {"step": step, "split": "train", **{k: float(v) for k, v in stats.items()},
+                       "lr": run.scheduler.get_last_lr()[0], "seconds": run.seconds()}
                 _write(metrics, row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
-            if (t.val_every and run.step % t.val_every == 0) or run.step == t.steps:
-                result = validate(run, progress)
-                _write(metrics, {"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean,
-                                 "ci95": result.ci95, "seconds": time.perf_counter() - clock})
-                (bar.write if progress else LOG.info)(
-                    f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
-                    f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
+            if (t.val_every and step % t.val_every == 0) or step == t.steps:
+                validate(run, metrics, bar if progress else None)
+        if run.stopped and run.validated != run.step:
+            validate(run, metrics, bar if progress else None)
+        if run.stopped:
+            _write(metrics, {"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
+                             "max_minutes": t.max_minutes})
+            LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
+                     "(resume with a larger train.max_minutes to continue)")
     bar.close()
 
 
-def validate(run: Training, progress: bool) -> EvalResult:
-    """Evaluate on the fixed validation items; checkpoint ``best.pt`` when better, and ``last.pt``."""
-    result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, progress)
+def train_step(run: Training, batch: list) -> dict:
+    """One optimiser step on one meta-batch; the step's detached metrics."""
+    run.objective.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    stats = run.objective.meta_backward([item.to(run.device) for item in batch])
+    run.optimizer.step()
+    run.scheduler.step()
+    return stats
+
+
+def validate(run: Training, metrics, bar=None) -> EvalResult:
+    """Evaluate on the fixed validation items and log it; checkpoint ``best.pt`` when better, and ``last.pt``."""
+    result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, bar is not None)
     if result.mean > run.best["accuracy"]:
         run.best = {"step": run.step, "accuracy": result.mean}
         run.checkpoint(run.run_dir / BEST)
     run.checkpoint(run.run_dir / LAST)
+    run.validated = run.step
+    _write(metrics, {"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean,
+                     "ci95": result.ci95, "seconds": run.seconds()})
+    (bar.write if bar is not None else LOG.info)(
+        f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
+        f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
     return result
 
 
 def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Path | None = None,
-             progress: bool = False, overrides: list[str] | tuple[str, ...] = ()) -> EvalResult:
+             progress: bool = False, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> EvalResult:
     """Reload a run (:func:`~metazoo.run.load_run`), evaluate it on the test items of its ``[eval]``
-    protocol, and record the result (``result.json``, ``results.jsonl``) with the checkpoint, its
-    step and any ``overrides`` (test-time settings)."""
+    protocol, and (``write``) record the result in the run (``result.json``, ``results.jsonl``), with
+    the checkpoint, its step, the training split and any ``overrides`` (test-time settings)."""
     run = load_run(run_dir, checkpoint, overrides, data_root)
     rule = PROTOCOLS.create(run.config.eval.protocol)
     items = rule.items(run.config, "test", data_root)
     result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress)
-    extra = {"checkpoint": checkpoint, "step": run.step, **({"overrides": list(overrides)} if overrides else {})}
+    extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
+             **({"overrides": list(overrides)} if overrides else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})
-    write_result(result, run.dir)
+    if write:
+        write_result(result, run.dir)
     return result
 
 

@@ -30,7 +30,8 @@ def test_run_directory_holds_everything(tmp_path, data_root):
     result = json.loads((run / "result.json").read_text())
     assert result["protocol"] == {"dataset": "omniglot", "split": "test", "ways": 5, "shots": 1, "queries": 15,
                                   "seed": 1000, "class_split": "vinyals", "episodes": 10, "bn": "running",
-                                  "protocol": "episodic", "checkpoint": "best", "step": summary["best"]["step"]}
+                                  "protocol": "episodic", "checkpoint": "best", "step": summary["best"]["step"],
+                                  "train_split": "train"}
     assert 0 <= result["mean"] <= 1 and result["episodes"] == 10
 
 
@@ -49,6 +50,38 @@ def test_resume_continues_exactly(tmp_path, data_root):
         torch.testing.assert_close(value, b["learner"][name], rtol=1e-5, atol=1e-6, msg=name)
     steps = [json.loads(line)["step"] for line in (parted / "metrics.jsonl").read_text().splitlines()]
     assert steps == [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_wall_clock_budget_stops_cleanly_and_a_larger_one_continues_exactly(tmp_path, data_root):
+    straight = tmp_path / "straight"
+    meta_train(tiny_config(data_root, steps=6, val_every=3), straight, progress=False, test=False)
+    run = tmp_path / "budget"
+    summary = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=1e-4), run, progress=False)
+    assert summary["stopped"] == "budget" and 1 <= summary["steps"] < 6
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["step"] == summary["steps"] and last["train_seconds"] > 0  # checkpointed where it stopped
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1] == {**rows[-1], "split": "stop", "reason": "budget", "step": summary["steps"]}
+    assert rows[-2]["split"] == "val" and rows[-2]["step"] == summary["steps"]
+    assert "result.json" in {p.name for p in run.iterdir()}  # the budget-stopped run is tested as it is
+    again = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=1e-4), run, resume=True,
+                       progress=False, test=False)
+    assert again["steps"] == summary["steps"]  # the same budget: nothing more, weights untouched
+    assert torch.equal(torch.load(run / "last.pt", weights_only=True)["learner"]["backbone.blocks.0.0.weight"],
+                       last["learner"]["backbone.blocks.0.0.weight"])
+    done = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=60), run, resume=True,
+                      progress=False, test=False)
+    assert done["steps"] == 6 and done["stopped"] is None
+    a, b = torch.load(straight / "last.pt", weights_only=True), torch.load(run / "last.pt", weights_only=True)
+    for name, value in a["learner"].items():
+        torch.testing.assert_close(value, b["learner"][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert b["train_seconds"] >= last["train_seconds"]
+
+
+def test_trainval_training_is_recorded(tmp_path, data_root):
+    summary = meta_train(tiny_config(data_root, steps=1, split="trainval"), tmp_path / "run", progress=False)
+    assert summary["test"]["protocol"]["train_split"] == "trainval"
+    assert 'split = "trainval"' in (tmp_path / "run" / "config.toml").read_text()
 
 
 @pytest.mark.slow

@@ -1,0 +1,224 @@
+"""``metazoo reproduce``: the paper tables, cell by cell, into one output folder.
+
+Each published cell (:mod:`metazoo.published`) names the config that reproduces it. Cells whose
+configs differ only in their ``[eval]`` section are tested on one trained model (ProtoNet's 1-shot
+model gives 5w1s and 20w1s), so a *run* is a training configuration and its cells are evaluations
+of it. Every run trains into ``OUT/<dataset>/<first cell>-<hash>/`` (resumed if interrupted;
+left alone if finished) and every tested cell appends one record to ``OUT/records.jsonl``
+(:mod:`metazoo.results` reads and renders them); a cell already recorded for the run's current
+step is skipped. ``--budget`` gives each run a wall-clock budget (``train.max_minutes``): a run
+stopped by it is tested as it is, recorded as a budget stop, and continued by a later call with a
+larger budget. ``--zoo DIR`` copies each run's tested weights with its config and records into a
+model-zoo entry.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import Config, dump_toml, load_config
+from .evaluate import EvalResult
+from .build import resolve_device
+from .run import BEST, CONFIG, LAST, load_checkpoint
+from .trainer import meta_train, test_run
+
+RECORDS, CHECK = "records.jsonl", "check.json"
+CHECK_EPISODES = 20  # a zoo entry's quick re-test: its first test episodes, to the printed precision
+
+
+@dataclass
+class Plan:
+    """One training configuration, the run directory it trains into, and the cells tested on it."""
+
+    run_dir: Path
+    config: Config
+    cells: list = field(default_factory=list)
+    evals: list = field(default_factory=list)  # per cell: the overrides of its [eval] section
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def experiments_dir() -> Path:
+    """The configs: ./experiments, else the folder beside the package (a source checkout)."""
+    for root in (Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"):
+        if root.is_dir():
+            return root
+    raise FileNotFoundError("no experiments/ folder here or beside the package: run from a metazoo checkout")
+
+
+def training_key(config: Config) -> str:
+    """What identifies a trained model: every setting but the test's, the device and the budget."""
+    values = copy.deepcopy(config.to_dict())
+    values.pop("eval")
+    for key in ("device", "max_minutes", "num_workers", "tensorboard", "log_every"):
+        values["train"].pop(key)
+    values["data"].pop("root")
+    values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def plan(cells: list, out: Path, overrides: list[str] = ()) -> list[Plan]:
+    """Group ``cells`` into training runs under ``out`` (in cell order)."""
+    plans: dict[str, Plan] = {}
+    for cell in cells:
+        config = load_config(experiments_dir() / cell.config, list(overrides))
+        key = training_key(config)
+        if key not in plans:
+            name = f"{cell.learner_id}_{cell.ways}w{cell.shots}s-{key}"
+            plans[key] = Plan(out / cell.dataset / name, config)
+        plans[key].cells.append(cell)
+        plans[key].evals.append([f"eval.{k}={json.dumps(v)}" for k, v in config.to_dict()["eval"].items()])
+    return list(plans.values())
+
+
+def command_line() -> str:
+    return "metazoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "metazoo reproduce"
+
+
+def describe(plans: list[Plan], budget: float | None) -> str:
+    """What ``--dry-run`` prints: every run with the cells tested on it and the command that trains it."""
+    lines = [f"{sum(len(p.cells) for p in plans)} cells on {len(plans)} trained models"]
+    for p in plans:
+        t = p.config.train
+        state = "finished" if finished(p) else ("interrupted: resumes" if (p.run_dir / LAST).exists() else "to train")
+        lines.append(f"\n{p.run_dir} ({state}): {p.config.learner['name']}, {t.split} split, {t.ways}-way "
+                     f"{t.shots}-shot, {t.steps} steps{f', budget {budget:g} min' if budget else ''}")
+        lines.append(f"  train: metazoo train {p.cells[0].config_path} -o {p.run_dir} --no-test"
+                     + (f" --set train.max_minutes={budget:g}" if budget else ""))
+        for cell in p.cells:
+            paper = f"paper {cell.value}" if cell.value is not None else "no paper number"
+            lines.append(f"  test {cell.id} ({paper}): metazoo eval {p.run_dir} --ways {cell.ways} "
+                         f"--shots {cell.shots}")
+    return "\n".join(lines)
+
+
+def finished(p: Plan) -> bool:
+    """The run has trained all its steps (a budget stop is not finished: a larger budget continues it)."""
+    if not (p.run_dir / LAST).exists():
+        return False
+    return load_checkpoint(p.run_dir / LAST)["step"] >= p.config.train.steps
+
+
+def reproduce(cells: list, out: str | Path, budget: float | None = None, device: str | None = None,
+              data_root: str | None = None, zoo: str | Path | None = None, progress: bool = True,
+              overrides: list[str] = ()) -> list[dict]:
+    """Train and test every cell (see the module docstring); returns the records written now."""
+    out = Path(out)
+    extra = [*overrides, *([f"train.device={device}"] if device else [])]
+    written = []
+    for p in plan(cells, out, extra):
+        written += run_plan(p, out, budget, data_root, progress)
+        if zoo is not None:
+            to_zoo(p, Path(zoo), out, data_root)
+    return written
+
+
+def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, progress: bool) -> list[dict]:
+    """Train (or resume) one run, then test and record each of its cells not yet recorded at this step."""
+    config = copy.deepcopy(p.config)
+    if budget:
+        config.train.max_minutes = budget
+    summary = None
+    if not finished(p):
+        summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
+                             progress=progress, test=False)
+    state = load_checkpoint(p.run_dir / LAST)
+    done = {(r["cell"], r["steps"]) for r in read_records(out / RECORDS) if r.get("run") == str(p.run_dir)}
+    written = []
+    for cell, evals in zip(p.cells, p.evals):
+        if (cell.id, state["step"]) in done:
+            continue
+        start = time.perf_counter()
+        result = test_run(p.run_dir, config.eval.checkpoint, data_root, progress, evals)
+        record = make_record(cell, result, config, state, summary, time.perf_counter() - start, str(p.run_dir))
+        append_record(out / RECORDS, record)
+        written.append(record)
+    return written
+
+
+def make_record(cell, result: EvalResult, config: Config, state: dict, summary: dict | None, test_seconds: float,
+                run: str) -> dict:
+    """One test result as a record (the schema in :mod:`metazoo.results`)."""
+    t = config.train
+    curve = {"curve": result.curve} if result.curve else {}
+    stopped = "budget" if state["step"] < t.steps else None
+    return {
+        "cell": cell.id, "learner": config.learner["name"], "dataset": config.data.dataset,
+        "ways": cell.ways, "shots": cell.shots,
+        "ours": {"mean": 100 * result.mean, "ci95": 100 * result.ci95, "episodes": result.episodes},
+        "paper": None if cell.value is None else {"value": cell.value, "source": cell.source},
+        "protocol": {**result.protocol, "train": {"split": t.split, "ways": t.ways, "shots": t.shots,
+                                                  "queries": t.queries, "meta_batch_size": t.meta_batch_size,
+                                                  "steps": t.steps}},
+        **curve,
+        "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
+        "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),
+        "device": str(resolve_device(t.device)),
+        "threads": torch.get_num_threads(), "version": __version__, "commit": git_commit(),
+        "command": command_line(), "run": run, "checkpoint": "kept",
+        "date": datetime.date.today().isoformat(), "note": "",
+    }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None outside one."""
+    here = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:
+    """A model-zoo entry of a run: its tested weights only (no optimiser state), its resolved config
+    without the data root (the user's own applies), and its cells' records."""
+    entry = zoo / p.cells[0].dataset / f"{p.cells[0].learner_id}_{p.cells[0].ways}w{p.cells[0].shots}s"
+    entry.mkdir(parents=True, exist_ok=True)
+    checkpoint = p.config.eval.checkpoint
+    state = load_checkpoint(p.run_dir / (BEST if checkpoint == "best" else LAST))
+    torch.save({"learner": state["learner"], "step": state["step"], "best": state["best"]}, entry / BEST)
+    config = load_config_values(p.run_dir / CONFIG)
+    config["data"].pop("root", None)
+    config["eval"]["checkpoint"] = "best"  # the entry's one checkpoint file
+    (entry / CONFIG).write_text(dump_toml(config))
+    name = f"zoo:{entry.relative_to(zoo).as_posix()}"
+    records = [{**r, "checkpoint": name} for r in read_records(out / RECORDS) if r.get("run") == str(p.run_dir)]
+    (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    check = test_run(entry, "best", data_root, False, [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"], write=False)
+    (entry / CHECK).write_text(json.dumps({"overrides": [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"],
+                                           "mean": round(100 * check.mean, 2), "ci95": round(100 * check.ci95, 2)},
+                                          indent=1) + "\n")
+    return entry
+
+
+def load_config_values(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
