@@ -124,7 +124,7 @@ def train_steps(run: Training, progress: bool) -> None:
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=t.meta_batch_size,
                                          collate_fn=list, num_workers=t.num_workers)
     bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
-    with open(run.run_dir / METRICS, "a") as metrics:
+    with MetricsLog(run.run_dir, t.tensorboard, run.step) as metrics:
         for step, batch in enumerate(loader, run.step + 1):
             if run.over_budget():
                 run.stopped = "budget"
@@ -135,15 +135,15 @@ def train_steps(run: Training, progress: bool) -> None:
             if step % t.log_every == 0 or step == t.steps:
                 row = {"step": step, "split": "train", **{k: float(v) for k, v in stats.items()},
                        "lr": run.scheduler.get_last_lr()[0], "seconds": run.seconds()}
-                _write(metrics, row)
+                metrics(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
                 validate(run, metrics, bar if progress else None)
         if run.stopped and run.validated != run.step:
             validate(run, metrics, bar if progress else None)
         if run.stopped:
-            _write(metrics, {"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
-                             "max_minutes": t.max_minutes})
+            metrics({"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
+                     "max_minutes": t.max_minutes})
             LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
                      "(resume with a larger train.max_minutes to continue)")
     bar.close()
@@ -159,7 +159,7 @@ def train_step(run: Training, batch: list) -> dict:
     return stats
 
 
-def validate(run: Training, metrics, bar=None) -> EvalResult:
+def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
     """Evaluate on the fixed validation items and log it; checkpoint ``best.pt`` when better, and ``last.pt``."""
     result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, bar is not None)
     if result.mean > run.best["accuracy"]:
@@ -167,8 +167,8 @@ def validate(run: Training, metrics, bar=None) -> EvalResult:
         run.checkpoint(run.run_dir / BEST)
     run.checkpoint(run.run_dir / LAST)
     run.validated = run.step
-    _write(metrics, {"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean,
-                     "ci95": result.ci95, "seconds": run.seconds()})
+    metrics({"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean, "ci95": result.ci95,
+             "seconds": run.seconds()})
     (bar.write if bar is not None else LOG.info)(
         f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
         f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
@@ -192,9 +192,30 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     return result
 
 
-def _write(f, row: dict) -> None:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
+class MetricsLog:
+    """``metrics.jsonl`` rows, written as they come (and as TensorBoard scalars with ``train.tensorboard``)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, step: int) -> None:
+        self.file = open(run_dir / METRICS, "a")
+        self.board = None
+        if tensorboard:
+            from .tensorboard import metrics_writer
+
+            self.board = metrics_writer(run_dir, purge_step=step + 1 if step else None)
+
+    def __call__(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            self.board(row)
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

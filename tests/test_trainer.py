@@ -98,3 +98,14 @@ def test_short_real_training_beats_chance(tmp_path, data_root):
     test = summary["test"]
     assert test["episodes"] == 200
     assert test["mean"] - test["ci95"] > 0.6, test
+
+
+def test_tensorboard_gets_the_metrics_rows(tmp_path, data_root):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    meta_train(tiny_config(data_root, steps=2, tensorboard=True), tmp_path / "run", progress=False, test=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("val/accuracy")] == [2]

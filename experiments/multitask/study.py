@@ -7,8 +7,8 @@ are skipped, an interrupted one resumes), then prints a markdown report: mean he
 per variant with its wall time, the paired difference to the independent networks, the tasks that
 do worse shared than alone (negative transfer; "clearly" when by more than their held-out
 intervals), and per-task accuracies. ``--plot FILE`` also draws per-task
-accuracy differences against independent networks (needs matplotlib; an .svg name keeps
-the plot a text file).
+accuracy differences against independent networks (needs ``pip install "metazoo[plots]"``; an .svg
+name keeps the plot a text file); it refuses to replace an existing file unless ``--force`` is given.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from metazoo.config import load_config
 from metazoo.evaluate import mean_ci95
+from metazoo.plots import figure, require_matplotlib, save
 from metazoo.trainer import meta_train
 
 HERE = Path(__file__).parent
@@ -91,15 +92,13 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results: dict[str, dict], path: str) -> Path:
+    """Per-task accuracy differences to the independent networks, a line per variant (needs the ``plots``
+    extra; the figure setup and saving are metazoo.plots')."""
     alone = results["independent"]["tasks"]
     names = list(alone)
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig = figure(figsize=(12, 4))
+    ax = fig.subplots()
     for name, r in results.items():
         if name != "independent":
             ax.plot(range(len(names)), [100 * (r["tasks"][t]["accuracy"] - alone[t]["accuracy"]) for t in names],
@@ -108,8 +107,7 @@ def plot(results: dict[str, dict], path: str) -> None:
     ax.set_xticks(range(len(names)), [n[:12] for n in names], rotation=90, fontsize=7)
     ax.set_ylabel("accuracy - independent (points)")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return save(fig, path)
 
 
 def main() -> None:
@@ -118,8 +116,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/multitask_study")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--only", action="append", choices=list(VARIANTS), help="run these variants only")
-    parser.add_argument("--plot", help="write the per-task plot here (SVG keeps it text in docs/; needs matplotlib)")
+    parser.add_argument("--plot", help="write the per-task plot here (SVG keeps it text in docs/; plots extra)")
+    parser.add_argument("--force", action="store_true", help="let --plot replace an existing file")
     args = parser.parse_args()
+    if args.plot:  # fail before training, not after
+        require_matplotlib()
+        if Path(args.plot).exists() and not args.force:
+            parser.error(f"--plot {args.plot} exists (perhaps a tracked docs/ file): add --force to replace it")
     results = {name: run(name, VARIANTS[name], args) for name in (args.only or VARIANTS)}
     print(report(results))
     if args.plot:
