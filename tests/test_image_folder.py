@@ -120,6 +120,17 @@ def test_min_images_drops_classes_but_keeps_the_split(folder, tmp_path):
     assert d.info["class_split"] == record and d.info["split"] == "random (seed 0)"
 
 
+def test_results_rows_record_path_size_mode_and_class_split(folder, tmp_path):
+    d = ImageFolder(folder, split="val", image_size=8, mode="L", split_seed=3, split_fractions=(0.5, 0.2, 0.3),
+                    cache=tmp_path / "cache", min_images=2)
+    assert d.info["protocol"] == {"source": str(folder), "image_size": 8, "mode": "L",
+                                  "split_fractions": [0.5, 0.2, 0.3], "min_images": 2}
+    protocol = EpisodeSampler(d, 2, 1, 1, seed=4).protocol()
+    assert protocol == {"dataset": "image_folder", "split": "val", "ways": 2, "shots": 1, "queries": 1, "seed": 4,
+                        "class_split": "random (seed 3)", **d.info["protocol"]}
+    assert json.loads(json.dumps(protocol)) == protocol
+
+
 def test_grey_mode_and_errors(folder, tmp_path):
     d = ImageFolder(folder, split="test", image_size=8, mode="L", cache=tmp_path / "cache")
     assert d.images.shape[1:] == (1, 8, 8) and d.mean.flatten().tolist() == [0.0]
@@ -178,6 +189,9 @@ def test_caltech_has_its_fixed_split(caltech):
         assert a in splits["train"].class_names and b in splits["train"].class_names
     record = splits["test"].info["class_split"]
     assert record["seed"] == 19 and record["test"] == CALTECH_TEST
+    protocol = EpisodeSampler(splits["test"], 5, 1, 1).protocol()
+    assert protocol["class_split"] == "random (seed 19)" and protocol["split_fractions"] == [0.64, 0.16, 0.20]
+    assert "caltech101_84x84" in protocol["source"] and (protocol["image_size"], protocol["mode"]) == (84, "RGB")
     assert splits["test"].name == "caltech101" and splits["test"].image_shape == (3, 84, 84)
 
 

@@ -9,6 +9,8 @@ from metazoo.data import DatasetNotFoundError, EpisodeSampler, Omniglot, create_
 from metazoo.data import omniglot as omni
 from metazoo.data.storage import download
 
+from .test_sampler import digest
+
 
 def test_real_counts(data_root):
     names, chars = omni.load_characters(data_root)
@@ -80,7 +82,7 @@ def test_random_character_split_has_maml_counts_and_follows_its_seed(data_root):
     assert test.num_classes == 4 * 423 and test.info["split"] == "random (seed 1)"
     assert set(test.class_names) == set(omni.random_classes("test", names, seed=1))
     assert EpisodeSampler(test, 5, 1, 1, seed=0, episodes=1).protocol()["class_split"] == "random (seed 1)"
-    with pytest.raises(ValueError, match="valid: vinyals, random"):
+    with pytest.raises(ValueError, match="valid: vinyals, random, background"):
         Omniglot("test", root=data_root, character_split="maml")
 
 
@@ -125,3 +127,87 @@ def test_fetch_downloads_missing_archives(tmp_path, monkeypatch):
     omni.fetch(tmp_path / "root")
     assert (tmp_path / "root" / "omniglot" / "images_background.zip").exists()
     assert (tmp_path / "root" / "omniglot" / "images_evaluation.zip").exists()
+
+
+def _alphabets(data_root: Path, part: str) -> set[str]:
+    """The alphabets inside one of the two official archives, read from the archive itself."""
+    with zipfile.ZipFile(data_root / "omniglot" / f"{part}.zip") as z:
+        return {n.split("/")[1] for n in z.namelist() if n.count("/") >= 2 and n.split("/")[1]}
+
+
+def _characters(character_split: str, names: list[str]) -> dict[str, set[str]]:
+    return {s: set(omni.CHARACTER_SPLITS[character_split](s, names, 1)) for s in ("train", "val", "test", "trainval")}
+
+
+@pytest.mark.parametrize("character_split,counts", [
+    ("vinyals", (1028, 172, 423, 1200)), ("random", (1100, 100, 423, 1200)), ("background", (792, 172, 659, 964)),
+])
+def test_trainval_is_train_and_val_and_no_test_character(data_root, character_split, counts):
+    names, _ = omni.load_characters(data_root)
+    chars = _characters(character_split, names)
+    assert tuple(len(chars[s]) for s in ("train", "val", "test", "trainval")) == counts
+    assert chars["trainval"] == chars["train"] | chars["val"]
+    assert not chars["train"] & chars["val"] and not chars["trainval"] & chars["test"]  # by character
+    assert chars["trainval"] | chars["test"] == set(names)
+
+
+def test_vinyals_trainval_dataset_has_1200_characters(data_root, omniglot):
+    trainval = Omniglot("trainval", root=data_root)
+    assert trainval.num_classes == 4800 and trainval.info["characters"] == 1200 and len(trainval) == 4800 * 20
+    assert set(trainval.class_names) == set(omniglot["train"].class_names) | set(omniglot["val"].class_names)
+    test_chars = {c.rsplit("/", 1)[0] for c in omniglot["test"].class_names}
+    assert not {c.rsplit("/", 1)[0] for c in trainval.class_names} & test_chars
+
+
+def test_background_split_tests_on_the_evaluation_alphabets(data_root):
+    names, _ = omni.load_characters(data_root)
+    chars = _characters("background", names)
+    alphabets = {s: {c.split("/")[0] for c in v} for s, v in chars.items()}
+    assert alphabets["test"] == _alphabets(data_root, omni.EVALUATION) == set(omni.EVALUATION_ALPHABETS)
+    assert alphabets["trainval"] == _alphabets(data_root, omni.BACKGROUND) and len(alphabets["trainval"]) == 30
+    assert alphabets["val"] == set(omni.VINYALS_VAL) and not alphabets["train"] & alphabets["val"]
+    test = Omniglot("test", root=data_root, character_split="background")
+    assert test.num_classes == 4 * 659 and test.info["split"] == "background"
+    assert EpisodeSampler(test, 5, 1, 1, episodes=1).protocol()["class_split"] == "background"
+    assert Omniglot("val", root=data_root, character_split="background").num_classes == 4 * 172
+
+
+def test_vinyals_training_has_seen_8_of_the_20_evaluation_alphabets(data_root):
+    names, _ = omni.load_characters(data_root)
+    evaluation = _alphabets(data_root, omni.EVALUATION)
+    seen = [c for c in omni.vinyals_characters("train", names) if c.split("/")[0] in evaluation]
+    assert sorted({c.split("/")[0] for c in seen}) == [
+        "Angelic", "Atemayar_Qelisayer", "Atlantean", "Aurek-Besh", "Avesta", "Ge_ez", "Glagolitic", "Gurmukhi"]
+    assert len(seen) == 236  # of the 659 evaluation characters; the other 423 are the Vinyals test split
+
+
+def test_default_episodes_are_those_of_the_code_before_per_task_rotations(omniglot):
+    # hashes taken with the data code as it was before per-task rotations and the background split
+    train = EpisodeSampler(omniglot["train"], 60, 5, 5, seed=0)
+    test = EpisodeSampler(omniglot["test"], 5, 1, 15, seed=3)
+    assert [digest(train[i]) for i in (0, 1, 999)] == ["5df735a8b295be1a", "02224c721a397169", "28c2289a4501bf79"]
+    assert [digest(test[i]) for i in (0, 1, 999)] == ["626af41d1f88bbeb", "38cde507a1f3e2ba", "6f1b8952526f8cee"]
+    assert train.protocol()["rotations"] == "classes" and train.protocol()["image_size"] == 28
+
+
+def test_per_task_rotations_hold_each_character_once_and_turn_it_per_episode(data_root, omniglot):
+    test = Omniglot("test", root=data_root, rotations="per_task")
+    assert test.num_classes == 423 and test.class_names[0] == "Gurmukhi/character42"
+    unrotated = [c for c in omniglot["test"].class_names if c.endswith("/rot000")]
+    assert [f"{c}/rot000" for c in test.class_names] == unrotated
+    rotated = omniglot["test"]  # the same characters, rotations as classes: every 4th class is unrotated
+    assert torch.equal(test.images.view(423, 20, 1, 28, 28), rotated.images.view(423, 4, 20, 1, 28, 28)[:, 0])
+    assert test.task_rotations == (0, 90, 180, 270) and test.info["protocol"]["rotations"] == "per task"
+    sampler = EpisodeSampler(test, 5, 1, 15, seed=3)
+    assert sampler.protocol()["rotations"] == "per task"
+    for i in (0, 1):
+        ep, (_, idx), turns = sampler[i], sampler.indices(i), sampler.turns(i)
+        x = torch.cat([ep.support.inputs.view(5, 1, 1, 28, 28), ep.query.inputs.view(5, 15, 1, 28, 28)], 1)
+        stored = test.images[idx]  # (5, 16, 1, 28, 28) as stored, unrotated
+        for k in range(5):
+            assert torch.equal((x[k] * 255).round().to(torch.uint8), torch.rot90(stored[k], int(turns[k]), (2, 3)))
+    assert Omniglot("val", root=data_root, rotations=[0]).info["protocol"]["rotations"] == "none"
+    with pytest.raises(ValueError, match="valid: classes, per_task"):
+        Omniglot("test", root=data_root, rotations="maml")
+    with pytest.raises(ValueError, match="distinct angles"):
+        Omniglot("test", root=data_root, rotations=[0, 45])

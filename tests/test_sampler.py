@@ -1,7 +1,9 @@
+import hashlib
+
 import pytest
 import torch
 
-from metazoo.data import EpisodeSampler, EpisodeSizeError
+from metazoo.data import EpisodeSampler, EpisodeSizeError, FewShotDataset
 from metazoo.episode import Episode, LabeledSet
 
 from .conftest import toy_dataset
@@ -111,3 +113,98 @@ def test_labeled_set_checks_and_moves():
 def test_iterating_a_sampler_stops_at_its_length():
     sampler = EpisodeSampler(toy_dataset(), 3, 1, 1, seed=0, episodes=4)
     assert [e.index for e in sampler] == [0, 1, 2, 3]
+
+
+def digest(episode: Episode) -> str:
+    """A short hash of an episode's inputs and classes, to pin episodes bit for bit."""
+    h = hashlib.sha256()
+    for t in (episode.support.inputs, episode.query.inputs, episode.classes):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_episodes_are_those_of_the_code_before_per_task_rotations():
+    # hashes taken with the sampler as it was before task rotations existed
+    sampler = EpisodeSampler(toy_dataset(), 3, 2, 3, seed=5)
+    assert [digest(sampler[i]) for i in (0, 7)] == ["e4cd8c5b326eb1c0", "b00e9bf85e32aba5"]
+
+
+def marked(task_rotations=(0, 90, 180, 270), class_sizes=(6, 8, 5, 7, 9, 6)) -> FewShotDataset:
+    """Black 5x5 images with one pixel, top left, that encodes (class, item) as 10 * class + item + 1,
+    so an image's content says which image it is and its marker's corner how it was turned."""
+    codes = torch.tensor([10 * c + i + 1 for c, n in enumerate(class_sizes) for i in range(n)], dtype=torch.uint8)
+    images = torch.zeros(len(codes), 1, 5, 5, dtype=torch.uint8)
+    images[:, 0, 0, 0] = codes
+    return FewShotDataset(images, class_sizes, [f"class{c}" for c in range(len(class_sizes))], name="marked",
+                          split="train", task_rotations=task_rotations)
+
+
+# where the top-left marker lands -> quarter turns counterclockwise (one turn takes it bottom left)
+CORNERS = {(0, 0): 0, (4, 0): 1, (4, 4): 2, (0, 4): 3}
+
+
+def turns_and_codes(inputs: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The quarter turns and the codes of marked images (n, 1, 5, 5) as the sampler returns them."""
+    pixels = (inputs[:, 0] * 255).round().long()  # (n, 5, 5)
+    where = [tuple(p.nonzero()[0].tolist()) for p in pixels]
+    return [CORNERS[w] for w in where], [int(p[w]) for p, w in zip(pixels, where)]
+
+
+def test_per_task_rotation_turns_each_class_of_an_episode_as_one():
+    sampler = EpisodeSampler(marked(), ways=4, shots=2, queries=3, seed=1)
+    plain = EpisodeSampler(marked(task_rotations=()), ways=4, shots=2, queries=3, seed=1)
+    seen = set()
+    for i in range(20):
+        ep, turns = sampler[i], sampler.turns(i).tolist()
+        for part in (ep.support, ep.query):
+            k, codes = turns_and_codes(part.inputs)
+            assert k == [turns[label] for label in part.labels.tolist()]  # support and query: one turn a class
+            assert [c // 10 for c in codes] == ep.classes[part.labels].tolist()
+        seen |= set(turns)
+        # the turns are drawn last: the classes and images are those of the episode without rotations
+        assert torch.equal(ep.classes, plain[i].classes)
+        assert turns_and_codes(ep.query.inputs)[1] == turns_and_codes(plain[i].query.inputs)[1]
+        assert plain.turns(i) is None and set(turns_and_codes(plain[i].support.inputs)[0]) == {0}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_per_task_rotation_is_seeded():
+    a, b = EpisodeSampler(marked(), 3, 1, 2, seed=4), EpisodeSampler(marked(), 3, 1, 2, seed=4)
+    for i in (0, 3, 50):
+        assert torch.equal(a[i].support.inputs, b[i].support.inputs)
+        assert torch.equal(a[i].query.inputs, b[i].query.inputs) and torch.equal(a.turns(i), b.turns(i))
+    other = EpisodeSampler(marked(), 3, 1, 2, seed=5)
+    assert any(not torch.equal(a.turns(i), other.turns(i)) for i in range(5))
+
+
+def test_per_task_rotation_is_uniform_enough():
+    sampler = EpisodeSampler(marked(), 5, 1, 1, seed=0)
+    counts = torch.bincount(torch.cat([sampler.turns(i) for i in range(400)]), minlength=4)
+    assert counts.sum() == 2000 and counts.min() > 430 and counts.max() < 570  # expected 500 each
+    only = EpisodeSampler(marked(task_rotations=(0, 180)), 5, 1, 1, seed=0)
+    assert set(torch.cat([only.turns(i) for i in range(20)]).tolist()) == {0, 2}
+
+
+def test_task_rotations_are_checked_and_recorded():
+    assert marked().info["protocol"] == {"rotations": "per task"}
+    assert marked(task_rotations=(0, 180)).info["protocol"] == {"rotations": "per task (0, 180)"}
+    assert "protocol" not in marked(task_rotations=()).info
+    with pytest.raises(ValueError, match="distinct angles among"):
+        marked(task_rotations=(0, 45))
+    with pytest.raises(ValueError, match="needs square images"):
+        FewShotDataset(torch.zeros(2, 1, 4, 5, dtype=torch.uint8), [2], ["a"], "x", "train", task_rotations=(0, 90))
+    FewShotDataset(torch.zeros(2, 1, 4, 5, dtype=torch.uint8), [2], ["a"], "x", "train", task_rotations=(0, 180))
+
+
+def test_protocol_carries_the_datasets_protocol_keys():
+    data = toy_dataset()
+    assert EpisodeSampler(data, 2, 1, 1, seed=3).protocol() == {
+        "dataset": "toy", "split": "train", "ways": 2, "shots": 1, "queries": 1, "seed": 3}
+    data.info.update(split="random (seed 2)", protocol={"source": "/x/birds.zip", "image_size": 4})
+    assert EpisodeSampler(data, 2, 1, 1, seed=3).protocol() == {
+        "dataset": "toy", "split": "train", "ways": 2, "shots": 1, "queries": 1, "seed": 3,
+        "class_split": "random (seed 2)", "source": "/x/birds.zip", "image_size": 4}
+    assert EpisodeSampler(marked(), 2, 1, 1).protocol()["rotations"] == "per task"
+    data.info["protocol"]["ways"] = 5
+    with pytest.raises(ValueError, match="key\\(s\\) ways clash"):
+        EpisodeSampler(data, 2, 1, 1)

@@ -29,7 +29,8 @@ def test_run_directory_holds_everything(tmp_path, data_root):
     assert rows[-2]["lr"] == 0.5e-3  # halved after step 3
     result = json.loads((run / "result.json").read_text())
     assert result["protocol"] == {"dataset": "omniglot", "split": "test", "ways": 5, "shots": 1, "queries": 15,
-                                  "seed": 1000, "class_split": "vinyals", "episodes": 10, "bn": "running",
+                                  "seed": 1000, "class_split": "vinyals", "image_size": 28, "rotations": "classes",
+                                  "episodes": 10, "bn": "running",
                                   "protocol": "episodic", "checkpoint": "best", "step": summary["best"]["step"],
                                   "train_split": "train"}
     assert 0 <= result["mean"] <= 1 and result["episodes"] == 10

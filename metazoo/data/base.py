@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+RIGHT_ANGLES = (0, 90, 180, 270)
+
 
 class FewShotDataset:
     """Images of one split, stored class by class.
@@ -21,7 +23,11 @@ class FewShotDataset:
         name: the dataset's registered name (``"omniglot"``, ...).
         split: ``"train"``, ``"val"``, ``"test"`` or another split name.
         mean, std: per-channel normalisation applied when images become floats.
-        info: provenance recorded with results (source paths, split seed, ...).
+        info: provenance (source paths, split seed, ...). Its ``"split"`` (the class split) and the
+            keys of its ``"protocol"`` dict go into every results row (:meth:`EpisodeSampler.protocol`).
+        task_rotations: angles (multiples of 90 degrees) from which the sampler draws one per class
+            of each episode, turning all that class's support and query images by it (MAML's
+            Omniglot protocol); empty: images as stored. Recorded as ``info["protocol"]["rotations"]``.
     """
 
     def __init__(
@@ -34,6 +40,7 @@ class FewShotDataset:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         info: dict | None = None,
+        task_rotations: Sequence[int] = (),
     ) -> None:
         sizes = torch.as_tensor(class_sizes, dtype=torch.long)
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -53,6 +60,11 @@ class FewShotDataset:
         self.std = torch.tensor(std if std is not None else [1.0] * channels).view(1, -1, 1, 1)
         self._identity = bool((self.mean == 0).all() and (self.std == 1).all())
         self.info = dict(info or {})
+        self.task_rotations = tuple(int(a) for a in task_rotations)
+        if self.task_rotations:
+            check_angles(self.task_rotations, images.shape[-2:])
+            self.info["protocol"] = {**self.info.get("protocol", {}),
+                                     "rotations": describe_rotations("per task", self.task_rotations)}
 
     @property
     def num_classes(self) -> int:
@@ -79,3 +91,21 @@ class FewShotDataset:
             f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
             f"classes={self.num_classes}, images={len(self)}, shape={self.image_shape})"
         )
+
+
+def describe_rotations(kind: str, angles: Sequence[int]) -> str:
+    """How images are rotated, for results rows: ``"none"`` (only 0 degrees), else ``kind`` (``"classes"``,
+    ``"per task"``), followed by the angles unless they are all four right angles."""
+    angles = tuple(angles)
+    if angles == (0,):
+        return "none"
+    return kind if sorted(angles) == list(RIGHT_ANGLES) else f"{kind} ({', '.join(map(str, angles))})"
+
+
+def check_angles(angles: Sequence[int], size: Sequence[int] | None = None) -> None:
+    """Raises unless ``angles`` are distinct right angles (and ``size``, (height, width), is square where
+    they turn images by 90 or 270 degrees)."""
+    if not angles or any(a not in RIGHT_ANGLES for a in angles) or len(set(angles)) != len(angles):
+        raise ValueError(f"rotations must be distinct angles among {RIGHT_ANGLES}, got {tuple(angles)}")
+    if size is not None and any(a % 180 for a in angles) and size[0] != size[1]:
+        raise ValueError(f"rotating by 90 or 270 degrees needs square images, got {tuple(size)}")

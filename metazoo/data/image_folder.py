@@ -111,6 +111,8 @@ class ImageFolder(FewShotDataset):
             ``info["dropped"]``); the split itself is made over all classes, so it does not change.
 
     ``info["class_split"]`` is the full split record (:func:`class_split`) to save with a run.
+    Results rows record ``class_split`` (``random (seed s)``) and ``info["protocol"]``: ``source`` (the
+    resolved path), ``image_size``, ``mode``, ``split_fractions`` and ``min_images``.
     """
 
     dataset_name = "image_folder"
@@ -145,7 +147,9 @@ class ImageFolder(FewShotDataset):
             mean=IMAGENET_MEAN if rgb else None, std=IMAGENET_STD if rgb else None,
             info={"source": str(source), "image_size": image_size, "mode": mode, "min_images": min_images,
                   "split": f"random (seed {split_seed})", "class_split": record,
-                  "dropped": {c: sizes[c] for c in wanted if sizes[c] < min_images}},
+                  "dropped": {c: sizes[c] for c in wanted if sizes[c] < min_images},
+                  "protocol": {"source": str(source), "image_size": image_size, "mode": mode,
+                               "split_fractions": record["fractions"], "min_images": min_images}},
         )
 
 

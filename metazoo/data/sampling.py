@@ -19,6 +19,9 @@ class EpisodeSizeError(ValueError):
 
 
 _MASK64 = (1 << 64) - 1
+# protocol keys the sampler and evaluation write, which a dataset's info["protocol"] may not use
+RESERVED_KEYS = ("dataset", "split", "ways", "shots", "queries", "seed", "class_split", "episodes", "bn",
+                 "protocol")
 
 
 def _splitmix64(x: int) -> int:
@@ -44,6 +47,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
         seed: fixes the whole sequence of episodes.
         episodes: length reported by ``len()`` (the number of fixed episodes for evaluation);
             indexing past it is still allowed, for open-ended training.
+
+    If the dataset has ``task_rotations``, each episode also draws one of those angles per class,
+    after its classes and images, and turns all that class's support and query images by it.
     """
 
     def __init__(self, dataset: FewShotDataset, ways: int, shots: int, queries: int,
@@ -56,6 +62,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
         # positions past a class's size sort last, so they are never picked
         self._pad = None if bool((sizes == self._max_size).all()) else \
             torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
+        turns = [a // 90 for a in dataset.task_rotations]
+        self._turns = torch.tensor(turns) if turns else None  # quarter turns an episode draws from
         labels = torch.arange(ways)[:, None]
         self._support_labels = labels.expand(ways, shots).flatten()  # (ways * shots,) class-major
         self._query_labels = labels.expand(ways, queries).flatten()  # (ways * queries,)
@@ -69,6 +77,10 @@ class EpisodeSampler(torch.utils.data.Dataset):
         if self.ways > d.num_classes:
             raise EpisodeSizeError(f"{self.ways}-way episodes need {self.ways} classes, but {where} "
                                    f"has {d.num_classes}")
+        clash = sorted(set(d.info.get("protocol", {})) & set(RESERVED_KEYS))
+        if clash:
+            raise ValueError(f"{where}: info['protocol'] key(s) {', '.join(clash)} clash with what the sampler and "
+                             f"evaluation record ({', '.join(RESERVED_KEYS)}); rename them")
         small = (d.class_sizes < per_class).nonzero().flatten().tolist()
         if small:
             named = ", ".join(f"{d.class_names[c]!r} has {int(d.class_sizes[c])}" for c in small[:5])
@@ -88,13 +100,26 @@ class EpisodeSampler(torch.utils.data.Dataset):
 
     def indices(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Episode ``index`` as (classes (ways,), image indices (ways, shots + queries))."""
+        return self._draw(index)[:2]
+
+    def turns(self, index: int) -> torch.Tensor | None:
+        """Quarter turns (ways,) counterclockwise that episode ``index`` gives the images of each of its
+        classes, if the dataset has ``task_rotations``; else None."""
+        return self._draw(index)[2]
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Classes, image indices and quarter turns of episode ``index``. The turns are drawn last, so
+        classes and images are those the same episode has without rotations."""
         g = torch.Generator().manual_seed(episode_seed(self.seed, index))
         classes = self._choose_classes(g)
         keys = torch.rand(self.ways, self._max_size, generator=g)
         if self._pad is not None:
             keys.masked_fill_(self._pad[classes], 2.0)
         picks = keys.argsort(dim=1)[:, : self.shots + self.queries]  # (ways, shots + queries)
-        return classes, picks + self.dataset.class_offsets[classes, None]
+        turns = None
+        if self._turns is not None:
+            turns = self._turns[torch.randint(len(self._turns), (self.ways,), generator=g)]  # (ways,)
+        return classes, picks + self.dataset.class_offsets[classes, None], turns
 
     def _choose_classes(self, g: torch.Generator) -> torch.Tensor:
         """``ways`` distinct classes, uniformly: the first distinct values of a stream of uniform
@@ -109,18 +134,23 @@ class EpisodeSampler(torch.utils.data.Dataset):
         return torch.tensor(list(chosen)[: self.ways])
 
     def __getitem__(self, index: int) -> Episode:
-        classes, idx = self.indices(index)
-        x = self.dataset.to_float(self.dataset.images.index_select(0, idx.flatten()))
+        classes, idx, turns = self._draw(index)
+        x = self.dataset.images.index_select(0, idx.flatten())
         x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])  # (ways, shots + queries, c, h, w)
+        if turns is not None:
+            x = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for images, k in zip(x, turns.tolist())])
+        x = self.dataset.to_float(x.flatten(0, 1)).view_as(x)
         support = LabeledSet(x[:, : self.shots].flatten(0, 1), self._support_labels, self.ways)
         query = LabeledSet(x[:, self.shots:].flatten(0, 1), self._query_labels, self.ways)
         return Episode(support, query, classes, index)
 
     def protocol(self) -> dict:
-        """What fixes these episodes, for results rows, with the class split the dataset was made
-        by where it records one (``info["split"]``: ``vinyals``, ``ravi``, ``random (seed s)``)."""
+        """What fixes these episodes, for results rows: dataset, split, ways, shots, queries and seed;
+        ``class_split``, the class split the dataset was made by where it records one (``info["split"]``:
+        ``vinyals``, ``ravi``, ``random (seed s)``, ``background``); and every key of the dataset's
+        ``info["protocol"]`` (Omniglot's ``rotations``, an image folder's ``source``, ``mode``, ...)."""
         out = {"dataset": self.dataset.name, "split": self.dataset.split, "ways": self.ways,
                "shots": self.shots, "queries": self.queries, "seed": self.seed}
         if "split" in self.dataset.info:
             out["class_split"] = self.dataset.info["split"]
-        return out
+        return {**out, **self.dataset.info.get("protocol", {})}
