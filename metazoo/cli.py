@@ -107,7 +107,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .results import report_main
 
-    text = report_main(args.paths, out=args.out, template=args.template)
+    text = report_main(args.paths, out=args.out, template=args.template, every=args.all)
     print(text if args.out is None else f"wrote {args.out}")
     return 0
 
@@ -212,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", help="records files, or folders holding records.jsonl or *.jsonl")
     s.add_argument("--template", help="a Markdown page with <!-- report: DATASET --> markers to fill")
     s.add_argument("--out", help="write here instead of printing")
+    s.add_argument("--all", action="store_true", help="every record of a cell, not only the latest")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("plot", help="validation accuracy of runs against steps and wall time, or (--report) ours "

@@ -143,28 +143,18 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     return save(fig, out)
 
 
-def read_records(paths: list[str | Path]) -> list[dict]:
-    """Result records from files or directories (a directory: its ``records.jsonl``, else every
-    ``*.jsonl`` in it); a cell recorded more than once keeps its last record."""
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = [path / "records.jsonl"] if (path / "records.jsonl").exists() else sorted(path.glob("*.jsonl"))
-            if not found:
-                raise FileNotFoundError(f"no records.jsonl or *.jsonl in {path}: `metazoo reproduce` writes them")
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path} not found: give result record files or the folder that holds them")
-    return list({record["cell"]: record for f in files for record in read_jsonl(f)}.values())
+def cell_records(paths: list[str | Path]) -> list[dict]:
+    """The latest record of every paper cell in these files or folders (:func:`metazoo.results.read_records`)."""
+    from .results import read_records
+
+    return list({r["cell"]: r for r in read_records(list(paths)) if r["cell"] is not None}.values())
 
 
 def plot_report(record_paths_or_dirs: list[str | Path], out: str | Path) -> Path:
     """Per cell, a bar of our accuracy with its 95% CI beside a bar of the paper's value ("n/a" where no
     paper reports the cell); a panel per dataset. The y axis starts near the lowest value, not at 0,
     so that differences of a point show; cells whose training stopped early are starred."""
-    records = read_records(record_paths_or_dirs)
+    records = cell_records(record_paths_or_dirs)
     if not records:
         raise ValueError(f"no result records in {', '.join(map(str, record_paths_or_dirs))}")
     order = sorted(records, key=lambda r: (r["learner"], r["ways"], r["shots"]))

@@ -30,6 +30,7 @@ from . import __version__
 from .config import Config, dump_toml, load_config
 from .evaluate import EvalResult
 from .build import resolve_device
+from .results import read_records
 from .run import BEST, CONFIG, LAST, load_checkpoint
 from .trainer import meta_train, test_run
 
@@ -136,7 +137,7 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
                              progress=progress, test=False)
     state = load_checkpoint(p.run_dir / LAST)
-    done = {(r["cell"], r["steps"]) for r in read_records(out / RECORDS) if r.get("run") == str(p.run_dir)}
+    done = {(r["cell"], r["steps"]) for r in recorded(out) if r.get("run") == str(p.run_dir)}
     written = []
     for cell, evals in zip(p.cells, p.evals):
         if (cell.id, state["step"]) in done:
@@ -186,8 +187,9 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def read_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+def recorded(out: Path) -> list[dict]:
+    """The records an output folder holds so far."""
+    return read_records(out / RECORDS) if (out / RECORDS).exists() else []
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -209,7 +211,7 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:
     config["eval"]["checkpoint"] = "best"  # the entry's one checkpoint file
     (entry / CONFIG).write_text(dump_toml(config))
     name = f"zoo:{entry.relative_to(zoo).as_posix()}"
-    records = [{**r, "checkpoint": name} for r in read_records(out / RECORDS) if r.get("run") == str(p.run_dir)]
+    records = [{**r, "checkpoint": name} for r in recorded(out) if r.get("run") == str(p.run_dir)]
     (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
     check = test_run(entry, "best", data_root, False, [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"], write=False)
     (entry / CHECK).write_text(json.dumps({"overrides": [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"],

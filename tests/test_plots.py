@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from metazoo import plots
-from metazoo.plots import plot_command, plot_report, plot_runs, read_curves, read_records, wall_seconds
+from metazoo.plots import plot_command, plot_report, plot_runs, read_curves, cell_records, wall_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
@@ -108,14 +108,14 @@ def test_svg_is_the_same_when_redrawn(runs, tmp_path):
 
 
 def test_records_from_folders_and_files(records, tmp_path):
-    cells = {r["cell"]: r for r in read_records([records])}
+    cells = {r["cell"]: r for r in cell_records([records])}
     assert len(cells) == 4 and cells["maml/omniglot/5w1s"]["ours"]["mean"] == 96.0
     write_jsonl(records / "records.jsonl", [record("protonet", "omniglot", 5, 1, 97.0, 98.8)])
-    assert len(read_records([records])) == 1  # records.jsonl, when there, is the folder's records
-    assert len(read_records([records / "a.jsonl"])) == 2
+    assert len(cell_records([records])) == 1  # records.jsonl, when there, is the folder's records
+    assert len(cell_records([records / "a.jsonl"])) == 2
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="metazoo reproduce"):
-        read_records([tmp_path / "empty"])
+        cell_records([tmp_path / "empty"])
 
 
 @needs_matplotlib

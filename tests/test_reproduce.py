@@ -1,0 +1,131 @@
+"""metazoo reproduce: cells grouped into trained models, skipped when done, resumed after a kill; the
+model zoo's round trip; the committed zoo entries re-test to their records."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metazoo.published import cells
+from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, to_zoo
+from metazoo.run import load_run
+from metazoo.trainer import test_run as evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """
+[learner]
+name = "protonet"
+[backbone]
+name = "conv4"
+width = 8
+[data]
+dataset = "omniglot"
+[train]
+steps = {steps}
+ways = 5
+queries = 2
+val_every = {val_every}
+val_episodes = 3
+[eval]
+ways = {ways}
+episodes = 4
+"""
+
+
+def tiny_cells(tmp_path: Path, steps: int = 4, val_every: int = 2) -> list:
+    """Two cells of one model (5-way and 20-way tests), as published cells name their configs."""
+    found = []
+    for ways in (5, 20):
+        path = tmp_path / f"tiny_{ways}w1s.toml"
+        path.write_text(TINY.format(steps=steps, val_every=val_every, ways=ways))
+        cell = cells(["protonet/omniglot/5w1s"])[0]
+        found.append(dataclasses.replace(cell, id=f"protonet/omniglot/{ways}w1s", ways=ways, config=str(path)))
+    return found
+
+
+def test_the_omniglot_table_is_36_cells_on_fewer_trained_models(capsys):
+    from metazoo.cli import main
+
+    assert main(["reproduce", "omniglot", "--dry-run", "-o", "runs/never"]) == 0
+    out = capsys.readouterr().out
+    chosen = cells(["omniglot"])  # 9 learners x 5w1s, 5w5s, 20w1s, 20w5s, and MANN's presentation curve
+    assert len([c for c in chosen if c.protocol == "episodic"]) == 36
+    assert len(chosen) == 37 and out.startswith("37 cells on ")
+    models = int(out.split(" cells on ", 1)[1].split()[0])
+    assert models < 36  # ProtoNet's 1-shot model gives 5w1s and 20w1s, ...
+    for cell in chosen:
+        assert f"test {cell.id} (" in out
+    assert out.count("  train: metazoo train ") == models
+    assert not Path("runs/never").exists()  # a dry run writes nothing
+
+
+def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_are_skipped(tmp_path, data_root):
+    chosen = tiny_cells(tmp_path)
+    plans = plan(chosen, tmp_path / "out")
+    assert len(plans) == 1 and [c.id for c in plans[0].cells] == ["protonet/omniglot/5w1s", "protonet/omniglot/20w1s"]
+    records = reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False)
+    assert [(r["cell"], r["ways"], r["ours"]["episodes"], r["steps"]) for r in records] == [
+        ("protonet/omniglot/5w1s", 5, 4, 4), ("protonet/omniglot/20w1s", 20, 4, 4)]
+    assert records[1]["protocol"]["ways"] == 20 and records[0]["paper"]["value"] == 98.8
+    assert records[0]["protocol"]["train"] == {"split": "train", "ways": 5, "shots": 1, "queries": 2,
+                                               "meta_batch_size": 1, "steps": 4}
+    for key in ("version", "commit", "command", "train_seconds", "test_seconds", "device", "date"):
+        assert key in records[0]
+    last = plans[0].run_dir / "last.pt"
+    stamp = last.stat().st_mtime_ns
+    assert reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False) == []  # all done
+    assert last.stat().st_mtime_ns == stamp
+    assert len((tmp_path / "out" / RECORDS).read_text().splitlines()) == 2
+
+
+def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
+    chosen = tiny_cells(tmp_path, steps=60, val_every=3)
+    run_dir = plan(chosen, tmp_path / "out")[0].run_dir
+    code = ("import sys; from metazoo.published import cells; from metazoo.reproduce import reproduce; "
+            "from tests.test_reproduce import tiny_cells; from pathlib import Path; "
+            f"reproduce(tiny_cells(Path({str(tmp_path)!r}), 60, 3), Path({str(tmp_path / 'out')!r}), "
+            f"data_root={str(data_root)!r}, progress=False)")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (run_dir / "last.pt").exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    stopped_at = torch.load(run_dir / "last.pt", weights_only=True)["step"]
+    assert 3 <= stopped_at < 60, "the kill came too late to test a resume"
+    records = reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False)
+    assert [r["steps"] for r in records] == [60, 60]
+    straight = reproduce(chosen, tmp_path / "straight", data_root=str(data_root), progress=False)
+    assert [r["ours"] for r in straight] == [r["ours"] for r in records]  # resumed = never interrupted
+
+
+def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root, monkeypatch):
+    chosen = tiny_cells(tmp_path)
+    out = tmp_path / "out"
+    reproduce(chosen, out, data_root=str(data_root), progress=False)
+    entry = to_zoo(plan(chosen, out)[0], tmp_path / "experiments" / "zoo", out, str(data_root))
+    assert entry == tmp_path / "experiments" / "zoo" / "omniglot" / "protonet_5w1s"
+    state = torch.load(entry / "best.pt", weights_only=True)
+    assert set(state) == {"learner", "step", "best"}  # no optimiser state
+    assert (entry / "best.pt").stat().st_size < 1_000_000
+    assert "root" not in (entry / "config.toml").read_text().split("[data]")[1].split("[")[0]
+    assert [json.loads(line)["checkpoint"] for line in (entry / RECORDS).read_text().splitlines()] == \
+        ["zoo:omniglot/protonet_5w1s"] * 2
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METAZOO_DATA", str(data_root))
+    run = load_run("zoo:omniglot/protonet_5w1s")
+    for key, value in run.objective.state_dict().items():
+        assert torch.equal(value, state["learner"][key])
+    check = json.loads((entry / CHECK).read_text())
+    again = evaluate_run("zoo:omniglot/protonet_5w1s", overrides=check["overrides"], write=False)
+    assert (f"{100 * again.mean:.2f}", f"{100 * again.ci95:.2f}") == (f"{check['mean']:.2f}", f"{check['ci95']:.2f}")
+    with pytest.raises(FileNotFoundError, match="no model-zoo entry 'zoo:omniglot/nothing'; the zoo holds: "
+                                                "zoo:omniglot/protonet_5w1s"):
+        load_run("zoo:omniglot/nothing")
