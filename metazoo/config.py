@@ -43,11 +43,13 @@ class Names:
         return [*self.extra, *sorted({n for r in self.registries for n in registry.REGISTRIES[r].names()})]
 
 
-def setting(default: Any, doc: str, names: Names | None = None, form: tuple[str, str] | None = None) -> Any:
+def setting(default: Any, doc: str, names: Names | None = None, form: tuple[str, str] | None = None,
+            least: float | None = None) -> Any:
     """A config key: its default, its meaning (docs/config.md is generated from ``doc``), and, for a
     key that picks a registered component, the registries it picks from (``names``); ``form``: a
-    regular expression the value must match and its description in words."""
-    metadata = {"doc": doc, "names": names, "form": form}
+    regular expression the value must match and its description in words; ``least``: the smallest
+    value allowed."""
+    metadata = {"doc": doc, "names": names, "form": form, "least": least}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -79,7 +81,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     """Meta-training: the training episodes (or task batches), the budget, validation and where it runs."""
-    steps: int = setting(1000, "Optimiser steps (meta-iterations): the training budget.")
+    steps: int = setting(1000, "Optimiser steps (meta-iterations): the training budget.", least=1)
     split: Literal["train", "trainval"] = setting(
         "train", "The split meta-trained on: `train`, or `trainval` (train and val classes together, as most "
                  "Omniglot papers train after choosing settings on val: use a fixed step budget and "
@@ -88,23 +90,23 @@ class TrainConfig:
     max_minutes: float = setting(0.0, "Wall-clock budget of the training, in minutes over all its sessions (0: none): "
                                       "the run stops cleanly at the first step past it, validating and writing "
                                       "both checkpoints, and records how far it got; `--resume` with a larger "
-                                      "budget continues it.")
-    meta_batch_size: int = setting(1, "Episodes per step (with `[multitask] tasks`: tasks per step).")
-    ways: int = setting(5, "Classes per training episode.")
-    shots: int = setting(1, "Support examples per class in a training episode.")
-    queries: int = setting(15, "Query examples per class in a training episode.")
+                                      "budget continues it.", least=0)
+    meta_batch_size: int = setting(1, "Episodes per step (with `[multitask] tasks`: tasks per step).", least=1)
+    ways: int = setting(5, "Classes per training episode.", least=1)
+    shots: int = setting(1, "Support examples per class in a training episode.", least=1)
+    queries: int = setting(15, "Query examples per class in a training episode.", least=0)
     seed: int = setting(0, "Seeds the weights' initialisation and the training episodes (or task batches), so a run "
                            "is repeatable; the validation and test episodes have their own seed (`eval.seed`).")
     val_every: int = setting(500, "Steps between validations, each writing the `last` checkpoint and, when "
-                                  "validation accuracy improves, the `best` one (0: only at the end).")
+                                  "validation accuracy improves, the `best` one (0: only at the end).", least=0)
     val_episodes: int = setting(200, "Fixed validation episodes of the `val` split, with the `[eval]` ways, shots "
-                                     "and queries and seed `eval.seed + 1`.")
+                                     "and queries and seed `eval.seed + 1`.", least=1)
     log_every: int = setting(50, "Steps between training rows (loss, accuracy, learning rate) in `metrics.jsonl` "
-                                 "and on the progress bar.")
+                                 "and on the progress bar.", least=1)
     device: str = setting("auto", '`"auto"`: CUDA when available, else CPU; or `"cpu"`, `"cuda"`, `"cuda:N"` '
                                   '(GPU N), `"mps"`.', form=(r"auto|cpu|mps|cuda(:\d+)?", DEVICES))
     num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
-                                  "training process). The episodes are the same for any number.")
+                                  "training process). The episodes are the same for any number.", least=0)
     tensorboard: bool = setting(False, "Also write the metrics rows as TensorBoard scalars into the run directory "
                                        "(needs the `tensorboard` extra: `pip install metazoo[tensorboard]`).")
 
@@ -113,12 +115,12 @@ class TrainConfig:
 class OptimConfig:
     """The outer-loop optimiser and its learning-rate schedule (one step per meta-iteration)."""
     name: str = setting("adam", "The outer-loop optimiser (`adam`, `sgd`, ...).", Names(("optimisers",)))
-    lr: float = setting(1e-3, "Learning rate (the meta learning rate).")
+    lr: float = setting(1e-3, "Learning rate (the meta learning rate).", least=0)
     weight_decay: float = setting(0.0, "L2 weight decay.")
     momentum: float = setting(0.9, "SGD's momentum (`sgd` only).")
     schedule: str = setting("step", "The learning-rate schedule: `step` (times `gamma` every `step_size` steps) or "
                                     "`linear` (down to 0 at `train.steps`, Reptile's).", Names(("schedules",)))
-    step_size: int = setting(0, "`step` schedule: steps between learning-rate decays (0: a constant rate).")
+    step_size: int = setting(0, "`step` schedule: steps between learning-rate decays (0: a constant rate).", least=0)
     gamma: float = setting(0.5, "`step` schedule: the factor applied to the learning rate every `step_size` steps.")
 
 
@@ -127,10 +129,10 @@ class EvalConfig:
     """The test (and the shape of validation): fixed seeded episodes (docs/protocol.md). The BatchNorm
     mode is the learner's `bn` setting."""
     split: Literal["train", "val", "test"] = setting("test", "The split the test episodes are drawn from.")
-    ways: int = setting(5, "Classes per test (and validation) episode.")
-    shots: int = setting(1, "Support examples per class in a test episode.")
-    queries: int = setting(15, "Query examples per class in a test episode.")
-    episodes: int = setting(1000, "Fixed test episodes.")
+    ways: int = setting(5, "Classes per test (and validation) episode.", least=1)
+    shots: int = setting(1, "Support examples per class in a test episode.", least=1)
+    queries: int = setting(15, "Query examples per class in a test episode.", least=0)
+    episodes: int = setting(1000, "Fixed test episodes.", least=1)
     seed: int = setting(1000, "Seed of the test episodes (validation uses `seed + 1`).")
     checkpoint: Literal["best", "last"] = setting("best", "Weights tested at the end of training: `best` validation "
                                                           "accuracy, or the `last` step.")
@@ -144,11 +146,11 @@ class MultitaskConfig:
     """Multi-task learning: train on mini-batches of tasks instead of episodes (docs/multitask.md)."""
     tasks: str = setting("", 'The task set: `""` (none: few-shot episodes), or a registered one (`alphabets`, '
                              "`attributes`: Omniglot; `class_groups`: any dataset).", Names(("task sets",), ("",)))
-    groups: int = setting(8, "`class_groups`: how many tasks the training classes are dealt into.")
+    groups: int = setting(8, "`class_groups`: how many tasks the training classes are dealt into.", least=1)
     items_per_task: int = setting(16, "Images per task in a step's data mini-batch (`train.meta_batch_size` tasks "
-                                      "per step).")
+                                      "per step).", least=1)
     holdout: list[float] = setting([0.7, 0.15], "Train and val fractions of each class's images (the rest: test).")
-    eval_batch: int = setting(256, "Images per forward pass when evaluating the held-out images.")
+    eval_batch: int = setting(256, "Images per forward pass when evaluating the held-out images.", least=1)
     descriptors: str | list = setting("onehot", 'The task descriptors `z_i` of conditioned sharings: `"onehot"`, '
                                                 "a list of per-task lists of numbers, or the path of a .csv or "
                                                 ".json file holding them (relative to the current directory).")
@@ -239,6 +241,8 @@ def _build(cls: type, values: Any, where: str) -> Any:
             _check_name(key, value, meta["names"])
         if meta.get("form") and not re.fullmatch(meta["form"][0], value):
             raise ConfigError(f"{key} = {value!r}: expected {meta['form'][1]}")
+        if meta.get("least") is not None and value < meta["least"]:
+            raise ConfigError(f"{key} = {value!r}: expected at least {meta['least']}")
     return cls(**kwargs)
 
 

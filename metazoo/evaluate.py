@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,7 +107,19 @@ def meta_test(learner: Objective, dataset, ways: int = 5, shots: int = 1, querie
 
 
 def write_result(result: EvalResult, run_dir: Path) -> None:
-    row = json.dumps(result.to_dict(), indent=2)
-    atomic_write_text(run_dir / "result.json", row + "\n")
+    atomic_write_text(run_dir / "result.json", json_text(result.to_dict(), indent=2) + "\n")
     with open(run_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(result.to_dict()) + "\n")
+        f.write(json_text(result.to_dict()) + "\n")
+
+
+def json_text(value, indent: int | None = None) -> str:
+    """Strict JSON: a NaN or infinite number (an undefined metric) is written as null, never as bare NaN."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), indent=indent, allow_nan=False)

@@ -28,7 +28,7 @@ import torch
 
 from . import __version__
 from .config import Config, dump_toml, load_config
-from .evaluate import EvalResult
+from .evaluate import EvalResult, json_text
 from .build import resolve_device
 from .results import read_records
 from .run import BEST, CONFIG, LAST, load_checkpoint
@@ -195,7 +195,7 @@ def recorded(out: Path) -> list[dict]:
 def append_record(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.write(json_text(record) + "\n")
 
 
 def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:

@@ -8,8 +8,12 @@ processes a matter of giving each rank its share of those item indices.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +24,13 @@ from tqdm.auto import tqdm
 from .build import build_dataset, build_objective, build_optimizer, resolve_config, resolve_device
 from .config import Config, dump_toml
 from .data.storage import atomic_save
-from .evaluate import EvalResult, evaluate, write_result
+from .errors import Interrupted, NonFiniteLossError, RunExistsError, RunLockedError  # noqa: F401  (API)
+from .evaluate import EvalResult, evaluate, json_text, write_result
 from .objective import Objective
 from .registry import PROTOCOLS
 from .run import BEST, CONFIG, LAST, METRICS, load_checkpoint, load_run
 
 LOG = logging.getLogger("metazoo")
-
-
-class RunExistsError(FileExistsError):
-    pass
 
 
 @dataclass
@@ -72,18 +73,33 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     Writes ``config.toml`` (every resolved value), ``metrics.jsonl``, ``last.pt`` and ``best.pt``
     (by validation accuracy), and, if ``test``, evaluates the ``eval.checkpoint`` weights with the
     ``[eval]`` protocol into ``result.json``. Nothing is written until the run could be built (a
-    bad setting or missing data leaves no directory behind). Returns a summary dict.
+    bad setting, missing data or an impossible test episode leaves no directory behind); a resumed
+    run must have the checkpoint's config but for its budgets (:data:`RESUMABLE`); one process at a
+    time trains in a directory; SIGINT and SIGTERM stop at the next step with a checkpoint
+    (:class:`Interrupted`); a non-finite loss stops the run before the optimiser steps
+    (:class:`NonFiniteLossError`). Returns a summary dict. See docs/reliability.md.
     """
     run_dir = Path(run_dir)
     if (run_dir / LAST).exists() and not resume:
         raise RunExistsError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              "or choose another run directory")
-    run = prepare(config, run_dir, data_root)
+    if resume and not (run_dir / LAST).exists():
+        LOG.warning(f"--resume: {run_dir} holds no checkpoint ({LAST}) yet, so the run starts from step 0")
+    run = prepare(config, run_dir, data_root, test)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
-    if resume and (run_dir / LAST).exists():
-        restore(run)
-    train_steps(run, progress)
+    with RunLock(run_dir):
+        for stale in run_dir.glob(".*.tmp"):  # half-written files of a killed process
+            stale.unlink(missing_ok=True)
+        if (run_dir / LAST).exists():
+            restore(run)
+        else:
+            _truncate_metrics(run_dir / METRICS, 0)  # rows of a run that died before its first checkpoint
+        (run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
+        with stop_on_signals(run):
+            train_steps(run, progress)
+    if run.stopped == "signal":
+        raise Interrupted(f"stopped at step {run.step} by a signal, with a checkpoint; continue with --resume "
+                          f"(e.g. metazoo train CONFIG -o {run_dir} --resume)")
     summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best, "train_seconds": run.seconds(),
                "stopped": run.stopped}
     if test:
@@ -91,8 +107,9 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     return summary
 
 
-def prepare(config: Config, run_dir: Path, data_root: str | Path | None) -> Training:
-    """Build the run's objects from ``config``: data, resolved config, objective, optimiser, items."""
+def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: bool = True) -> Training:
+    """Build the run's objects from ``config``: data, resolved config, objective, optimiser, items (and
+    the test items, so that an impossible test episode fails before training rather than after)."""
     train_set = build_dataset(config, config.train.split, data_root)
     config = resolve_config(config, train_set, data_root)
     device = resolve_device(config.train.device)
@@ -100,19 +117,50 @@ def prepare(config: Config, run_dir: Path, data_root: str | Path | None) -> Trai
     objective = build_objective(config).to(device)
     optimizer, scheduler = build_optimizer(config, objective)
     items = objective.training_items(train_set, config)
-    val_items = PROTOCOLS.create(config.eval.protocol).items(config, "val", data_root, train_set)
+    protocol = PROTOCOLS.create(config.eval.protocol)
+    protocol.subject(objective)
+    val_items = protocol.items(config, "val", data_root, train_set)
+    if test:
+        protocol.items(config, "test", data_root, train_set)
     return Training(config, run_dir, objective, optimizer, scheduler, items, val_items, device)
 
 
 def restore(run: Training) -> None:
-    """Continue from ``last.pt``: weights, optimiser, schedule, step and best; later metric rows go."""
+    """Continue from ``last.pt``: weights, optimiser, schedule, step and best; later metric rows go. The
+    checkpoint's config must be the run's but for :data:`RESUMABLE` settings."""
     state = load_checkpoint(run.run_dir / LAST, run.device)
+    check_resumable(state.get("config", {}), run.config.to_dict(), run.run_dir)
     run.objective.load_state_dict(state["learner"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.best = state["step"], state["best"]
     run.validated, run.seconds_before, run.started = run.step, state.get("train_seconds", 0.0), time.perf_counter()
     _truncate_metrics(run.run_dir / METRICS, run.step)
+
+
+RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
+             "train.tensorboard", "data.root")
+
+
+def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:
+    """Refuse to resume with a config that differs from the checkpoint's in anything but the step and
+    wall-clock budgets (and where it runs, how often it logs, where the data is): name the keys."""
+    saved, new = _flatten(saved), _flatten(new)
+    changed = [k for k in sorted(set(saved) & set(new)) if saved[k] != new[k] and k not in RESUMABLE]
+    if changed:
+        diffs = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {new[k]!r} now" for k in changed)
+        raise ValueError(f"cannot resume {run_dir} with another config ({diffs}); only {', '.join(RESUMABLE)} "
+                         "may change on --resume: train into another directory instead")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and not prefix:  # sections; a section's own tables stay whole
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def train_steps(run: Training, progress: bool) -> None:
@@ -128,6 +176,7 @@ def train_steps(run: Training, progress: bool) -> None:
         for step, batch in enumerate(loader, run.step + 1):
             if run.over_budget():
                 run.stopped = "budget"
+            if run.stopped:
                 break
             run.step = step
             stats = train_step(run, batch)
@@ -139,28 +188,42 @@ def train_steps(run: Training, progress: bool) -> None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
                 validate(run, metrics, bar if progress else None)
-        if run.stopped and run.validated != run.step:
+        if run.stopped == "budget" and run.validated != run.step:
             validate(run, metrics, bar if progress else None)
+        elif run.stopped == "signal" and run.validated != run.step:
+            run.checkpoint(run.run_dir / LAST)  # quickly: no validation when asked to stop
+            run.validated = run.step
         if run.stopped:
             metrics({"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
                      "max_minutes": t.max_minutes})
-            LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
-                     "(resume with a larger train.max_minutes to continue)")
+            if run.stopped == "budget":
+                LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
+                         "(resume with a larger train.max_minutes to continue)")
     bar.close()
 
 
 def train_step(run: Training, batch: list) -> dict:
-    """One optimiser step on one meta-batch; the step's detached metrics."""
+    """One optimiser step on one meta-batch; the step's detached metrics. A non-finite loss raises
+    before the optimiser steps, so every checkpoint holds finite weights."""
     run.objective.train()
     run.optimizer.zero_grad(set_to_none=True)
     stats = run.objective.meta_backward([item.to(run.device) for item in batch])
+    if not torch.isfinite(stats["loss"]):
+        raise NonFiniteLossError(f"step {run.step}: the training loss is {float(stats['loss'])}; the run stopped "
+                                 f"there, and its last good checkpoint is {run.run_dir / LAST} (step "
+                                 f"{run.validated}). Lower optim.lr, or check the data, before resuming.")
     run.optimizer.step()
     run.scheduler.step()
     return stats
 
 
 def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
-    """Evaluate on the fixed validation items and log it; checkpoint ``best.pt`` when better, and ``last.pt``."""
+    """Evaluate on the fixed validation items and log it; checkpoint ``best.pt`` when better, and ``last.pt``
+    (never non-finite weights: a step can take finite losses to infinite weights, e.g. ``optim.lr = inf``)."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.objective.parameters()):
+        raise NonFiniteLossError(f"step {run.step}: the weights are no longer finite (the loss was finite); the "
+                                 f"last good checkpoint is {run.run_dir / LAST} (step {run.validated}). Lower "
+                                 "optim.lr, or check the data, before resuming.")
     result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, bar is not None)
     if result.mean > run.best["accuracy"]:
         run.best = {"step": run.step, "accuracy": result.mean}
@@ -204,7 +267,7 @@ class MetricsLog:
             self.board = metrics_writer(run_dir, purge_step=step + 1 if step else None)
 
     def __call__(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json_text(row) + "\n")
         self.file.flush()
         if self.board is not None:
             self.board(row)
@@ -219,7 +282,67 @@ class MetricsLog:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint being resumed, so the log has no repeated steps."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+    """Drop rows logged after the checkpoint being resumed, so the log has no repeated steps, and a torn
+    last line (a process killed mid-write), with a warning."""
+    if not path.exists():
+        return
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            LOG.warning(f"{path}: dropping line {n}, cut short by an interrupted write")
+            continue
+        if row is not None and row["step"] <= step:
+            rows.append(line)
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``) for one training process at a time."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise RunLockedError(f"another process (pid {holder}) is training in {self.path.parent}; wait for it, "
+                                 "or train into another directory") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # closing releases the lock
+
+
+@contextlib.contextmanager
+def stop_on_signals(run: Training):
+    """SIGINT and SIGTERM (Ctrl-C, preemption) ask the run to stop at the next step boundary, where it
+    writes a checkpoint; a second signal stops at once. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if run.stopped == "signal":
+            raise KeyboardInterrupt
+        run.stopped = "signal"
+        LOG.warning(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
