@@ -172,6 +172,7 @@ def train_steps(run: Training, progress: bool) -> None:
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=t.meta_batch_size,
                                          collate_fn=list, num_workers=t.num_workers)
     bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
+    first = run.step
     with MetricsLog(run.run_dir, t.tensorboard, run.step) as metrics:
         for step, batch in enumerate(loader, run.step + 1):
             if run.over_budget():
@@ -193,7 +194,7 @@ def train_steps(run: Training, progress: bool) -> None:
         elif run.stopped == "signal" and run.validated != run.step:
             run.checkpoint(run.run_dir / LAST)  # quickly: no validation when asked to stop
             run.validated = run.step
-        if run.stopped:
+        if run.stopped and run.step > first:  # (a session that finds its budget spent adds nothing)
             metrics({"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
                      "max_minutes": t.max_minutes})
             if run.stopped == "budget":
