@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import meta_train
 
     load_plugins(args.plugin)
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, [*args.set, *([f"train.device={args.device}"] if args.device else [])])
     config.plugins = list(dict.fromkeys([*config.plugins, *args.plugin]))
     run_dir = Path(args.output or Path("runs") / Path(args.config).stem)
     print(f"run: {run_dir} ({config.learner.get('name')} on {config.data.dataset}, {config.train.steps} steps)")
@@ -75,6 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = [f"eval.{key}={getattr(args, key)}" for key in EVAL_FLAGS if getattr(args, key) is not None]
     overrides += [f"learner.bn={args.bn}"] if args.bn is not None else []
     overrides += [f"data.dataset={args.dataset}"] if args.dataset is not None else []
+    overrides += [f"train.device={args.device}"] if args.device is not None else []
     zoo = args.run_dir.startswith(ZOO_PREFIX)
     result = test_run(args.run_dir, args.checkpoint or "best", args.data_root, not args.quiet,
                       [*overrides, *args.set], write=not zoo)
@@ -120,24 +121,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data import DATASETS, create_dataset, data_root
+    from .data import DATASETS, data_root
+    from .data.check import check_dataset
 
     root = data_root(args.data_root)
+    names = args.datasets or (["image_folder"] if args.path else ["omniglot", "mini_imagenet", "caltech101"])
+    if "image_folder" in names and args.path is None:
+        raise ValueError("image_folder needs --path DIR: a folder of <class>/<image> files or a zip of one")
     print(f"data root: {root}")
-    found = 0
-    for name in args.datasets or ["omniglot", "mini_imagenet", "caltech101"]:
+    status = []
+    for name in names:
         DATASETS.check_name(name)
-        for split in ("train", "val", "test"):
-            try:
-                d = create_dataset(name, split=split, root=root)
-            except FileNotFoundError as err:
-                print(f"{name}: not found\n  " + str(err).replace("\n", "\n  "))
-                break
-            sizes = d.class_sizes
-            print(f"{name:>14} {split:>5}: {d.num_classes:5d} classes, {len(d):6d} images of {d.image_shape}, "
-                  f"{int(sizes.min())}-{int(sizes.max())} per class")
-            found += 1
-    return 0 if found else 1
+        options = {"image_size": args.image_size} if args.image_size else {}
+        if name == "image_folder":
+            options |= {"path": args.path} | ({"mode": args.mode} if args.mode else {})
+        state, report = check_dataset(name, root, **options)
+        print(report)
+        status.append(state)
+    return 1 if "bad" in status or "ok" not in status else 0
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -166,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     s.add_argument("--data-root", help="data root (else data.root, $METAZOO_DATA, ~/.metazoo/data)")
     s.add_argument("--no-test", action="store_true", help="skip the final test evaluation")
+    s.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps (train.device)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
@@ -188,6 +190,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override the run's config for this evaluation, e.g. test-time settings such as "
                         "--set learner.lr=0.001 (a fine-tuned head's learning rate); recorded in the result")
     s.add_argument("--data-root", help="data root (else the one the run recorded)")
+    s.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps (else the run's train.device)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 
@@ -224,9 +227,14 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("data", help="data utilities")
     data_sub = s.add_subparsers(dest="data_command", required=True)
-    c = data_sub.add_parser("check", help="what is found under the data root, with counts")
-    c.add_argument("datasets", nargs="*", help="dataset names (default: omniglot mini_imagenet caltech101)")
+    c = data_sub.add_parser("check", help="what is found under the data root, with counts, and every unreadable file "
+                                          "(exit status 1 if any)")
+    c.add_argument("datasets", nargs="*", help="dataset names (default: omniglot mini_imagenet caltech101; "
+                                               "image_folder with --path)")
     c.add_argument("--data-root")
+    c.add_argument("--path", help="image_folder: the folder of <class>/<image> files or a zip of one")
+    c.add_argument("--image-size", type=int, help="side of the decoded images (default: each dataset's own)")
+    c.add_argument("--mode", choices=["L", "RGB"], help="image_folder: grey or colour (default RGB)")
     c.set_defaults(func=cmd_data_check)
 
     sub.add_parser("bench", add_help=False,

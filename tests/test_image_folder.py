@@ -1,6 +1,7 @@
 """Image folders and zips as few-shot datasets, the seeded class split, and real Caltech-101."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -170,6 +171,9 @@ CALTECH_TEST = [
 ]
 
 
+CALTECH_84_SHA256 = "b7ee712e0e8bc6085aef10719fb626d37195857fa946632c21551f53bc42d072"
+
+
 @pytest.fixture(scope="session")
 def caltech(data_root, tmp_path_factory) -> dict:
     """The three splits, and the session's cache folder under ``"cache"``."""
@@ -193,6 +197,12 @@ def test_caltech_has_its_fixed_split(caltech):
     assert protocol["class_split"] == "random (seed 19)" and protocol["split_fractions"] == [0.64, 0.16, 0.20]
     assert "caltech101_84x84" in protocol["source"] and (protocol["image_size"], protocol["mode"]) == (84, "RGB")
     assert splits["test"].name == "caltech101" and splits["test"].image_shape == (3, 84, 84)
+
+
+def test_caltech_pixels_never_change(caltech, data_root):
+    """The decoded tree, all 8677 images, is pinned by the sha256 of its bytes (the cache key may change)."""
+    entry = image_folder.load_tree(data_root / "caltech101" / "caltech101_84x84.zip", 84, "RGB", caltech["cache"])
+    assert hashlib.sha256(entry["images"].numpy().tobytes()).hexdigest() == CALTECH_84_SHA256
 
 
 def test_caltech_episodes(caltech):

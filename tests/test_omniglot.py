@@ -11,6 +11,8 @@ from metazoo.data.storage import download
 
 from .test_sampler import digest
 
+OMNIGLOT_28_SHA256 = "255fbb66efe334ae4ffdf873a5d430b6232d966a38612f804baa3297751298c5"
+
 
 def test_real_counts(data_root):
     names, chars = omni.load_characters(data_root)
@@ -20,6 +22,8 @@ def test_real_counts(data_root):
     # strokes are bright on a dark background, and every drawing has some ink
     assert (chars.flatten(2).amax(-1) > 100).all()
     assert chars.float().mean() < 60
+    # the decoded pixels never change (the cache key may): sha256 of the tensor's bytes
+    assert hashlib.sha256(chars.numpy().tobytes()).hexdigest() == OMNIGLOT_28_SHA256
 
 
 @pytest.mark.parametrize("split,characters", [("train", 1028), ("val", 172), ("test", 423), ("trainval", 1200)])

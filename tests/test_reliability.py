@@ -135,8 +135,8 @@ def test_sigterm_and_sigint_checkpoint_and_say_how_to_resume(tmp_path, data_root
     args = [sys.executable, "-m", "metazoo.cli", "train", str(config), "-o", str(run), "-q", "--data-root",
             str(data_root), "--set", "train.steps=400", "--set", "train.ways=5", "--set", "train.val_every=2",
             "--set", "train.val_episodes=2", "--set", "backbone.width=8", "--set", "train.split=train"]
-    child = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ,
-                                                                                    "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not (run / "last.pt").exists() and time.time() < deadline and child.poll() is None:
         time.sleep(0.05)
@@ -148,3 +148,13 @@ def test_sigterm_and_sigint_checkpoint_and_say_how_to_resume(tmp_path, data_root
     assert 2 <= stopped < 400
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["split"] == "stop" and rows[-1]["reason"] == "signal" and rows[-1]["step"] == stopped
+
+
+def test_files_are_written_with_the_users_umask(tmp_path, data_root):
+    old = os.umask(0o022)
+    try:
+        meta_train(tiny(data_root, steps=1), tmp_path / "run", progress=False)
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "best.pt", "result.json", "config.toml", "metrics.jsonl"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..registry import DATASETS
 from .base import FewShotDataset
 from .sampling import EpisodeSampler, EpisodeSizeError
-from .storage import DatasetNotFoundError, cache_dir, data_root
+from .storage import DataError, DatasetNotFoundError, cache_dir, data_root
 
 
 def create_dataset(name: str, split: str = "train", **kwargs) -> FewShotDataset:
@@ -22,7 +22,7 @@ from .mini_imagenet import MiniImageNet  # noqa: E402
 from .omniglot import Omniglot  # noqa: E402
 
 __all__ = [
-    "DATASETS", "Caltech101", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError", "FewShotDataset",
-    "ImageFolder", "MiniImageNet", "Omniglot", "cache_dir", "create_dataset", "data_root",
+    "DATASETS", "Caltech101", "DataError", "DatasetNotFoundError", "EpisodeSampler", "EpisodeSizeError",
+    "FewShotDataset", "ImageFolder", "MiniImageNet", "Omniglot", "cache_dir", "create_dataset", "data_root",
     "list_datasets",
 ]

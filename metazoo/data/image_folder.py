@@ -84,7 +84,7 @@ def load_tree(source: Path, size: int, mode: str, cache: str | os.PathLike | Non
                              f"holding images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         classes = sorted(by_class)
         files = [f for c in classes for f in by_class[c]]
-        key = source_key([source], size, mode, "\n".join(files), "v1")
+        key = source_key([source], size, mode, "\n".join(files), "v2")
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", source.stem)
         path = cache_dir(cache) / f"image_folder-{stem}-{size}-{mode}-{key}.pt"
         return cached(path, lambda: {"classes": classes, "sizes": [len(by_class[c]) for c in classes],

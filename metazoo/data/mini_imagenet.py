@@ -7,7 +7,8 @@ three forms under ``<root>/mini-imagenet/`` (or ``mini_imagenet/``, ``miniImageN
   ``filename,label``) beside ``images/`` or in ``splits/ravi/``;
 - per-split class folders ``<split>/<wnid>/*.jpg``;
 - the pickled caches ``mini-imagenet-cache-<split>.pkl``: a dict with ``image_data`` uint8
-  (n, 84, 84, 3) and ``class_dict`` {wnid: [indices]}.
+  (n, 84, 84, 3) (or floats in [0, 1]) and ``class_dict`` {wnid: [indices]}, read by an unpickler
+  that admits only numpy arrays, lists, dicts, strings and numbers.
 
 The first form found is used, in that order. The decoded split is cached as one uint8 tensor keyed
 by the source files, the class list and the image size.
@@ -15,6 +16,7 @@ by the source files, the class list and the image size.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 from pathlib import Path
@@ -25,7 +27,7 @@ from PIL import Image
 
 from .base import FewShotDataset
 from .images import FileTree, decode_all
-from .storage import DatasetNotFoundError, cache_dir, cached, data_root, source_key
+from .storage import DataError, DatasetNotFoundError, cache_dir, cached, data_root, source_key
 
 FOLDERS = ("mini-imagenet", "mini_imagenet", "miniImageNet")
 IMAGES_PER_CLASS = 600
@@ -107,8 +109,7 @@ def _listing(form: str, paths: list[Path], part: str, classes: list[str]) -> tup
     present = tree.images()
     by_class: dict[str, list[str]] = {}
     if form == "images":
-        with open(paths[1], newline="") as f:
-            rows = [r for r in csv.reader(f) if len(r) >= 2 and r[0] != "filename"]
+        rows = [r for r in csv.reader(io.StringIO(_utf8(paths[1]), newline="")) if len(r) >= 2 and r[0] != "filename"]
         _check_classes({label for _, label in rows}, classes, part, paths[1])
         have = set(present)
         for filename, label in rows:
@@ -123,18 +124,93 @@ def _listing(form: str, paths: list[Path], part: str, classes: list[str]) -> tup
     return tree, [sorted(by_class.get(c, [])) for c in classes]
 
 
+def _utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}, line {line}: {err.reason}): save the split "
+                        "file as UTF-8, rows filename,label") from err
+
+
+# The globals a pickle of numpy arrays needs: numpy 1 names numpy.core, numpy 2 numpy._core; protocols
+# below 3 encode bytes with _codecs.encode.
+PICKLE_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts, strings and numbers; refuses every other global."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise DataError(f"{self.path}: refused to unpickle {module}.{name}: a mini-ImageNet cache holds only "
+                            "numpy arrays, lists, dicts, strings and numbers, and loading anything else could run "
+                            "code. Use a copy you trust that holds image_data and class_dict only.")
+        try:
+            return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
+        except (ImportError, AttributeError):  # numpy before 1.26 has no numpy._core
+            return super().find_class(module.replace("numpy._core.", "numpy.core."), name)
+
+
+def _unpickle(path: Path) -> object:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as err:  # truncated or damaged: EOFError, UnpicklingError, ValueError from numpy, ...
+        raise DataError(f"{path} cannot be read as a pickle ({type(err).__name__}: {err}): the file is truncated "
+                        "or damaged; copy it again and compare its size and checksum with the original") from err
+
+
+def _uint8(path: Path, images: np.ndarray) -> np.ndarray:
+    """uint8 as is; floats in [0, 1] scaled by 255 and rounded; anything else refused."""
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind == "f" and (images.size == 0 or (images.min() >= 0 and images.max() <= 1)):
+        return np.rint(images * 255).astype(np.uint8)
+    values = f" from {images.min()} to {images.max()}" if images.size and images.dtype.kind in "fiub" else ""
+    raise DataError(f"{path}: image_data is {images.dtype}{values}: expected uint8 (0-255) or floats in [0, 1] "
+                    "(scaled by 255); convert it to uint8 first")
+
+
+def _class_indices(path: Path, class_dict: object, classes: list[str], part: str, images: int) -> list[list[int]]:
+    """The image indices of each class, ascending, checked against the ``images`` there are."""
+    if not isinstance(class_dict, dict):
+        raise DataError(f"{path}: class_dict is a {type(class_dict).__name__}, expected a dict {{wnid: [indices]}}")
+    _check_classes(set(class_dict), classes, part, path)
+    index = []
+    for c in classes:
+        try:
+            idx = sorted(int(i) for i in class_dict.get(c, []))
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{path}: class_dict[{c!r}] is not a list of image indices ({err})") from err
+        bad = [i for i in idx if not 0 <= i < images]
+        if bad:
+            raise DataError(f"{path}: class_dict[{c!r}] holds image indices outside image_data: "
+                            f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''} (image_data has "
+                            f"{images} images): the pickle is damaged or its two parts do not belong together")
+        index.append(idx)
+    return index
+
+
 def _read_pickle(path: Path, part: str, classes: list[str], size: int) -> tuple[list[int], torch.Tensor]:
-    """A pickled cache -> (class sizes, uint8 (n, 3, size, size)). Load only pickles you trust."""
-    with open(path, "rb") as f:
-        data = pickle.load(f)
+    """A pickled cache -> (class sizes, uint8 (n, 3, size, size)), read by a restricted unpickler."""
+    data = _unpickle(path)
     if not isinstance(data, dict) or not {"image_data", "class_dict"} <= set(data):
-        raise ValueError(f"{path} is not a mini-ImageNet cache: expected a dict with 'image_data' and 'class_dict'")
-    images = np.asarray(data["image_data"], dtype=np.uint8)
+        raise DataError(f"{path} is not a mini-ImageNet cache: expected a dict with 'image_data' and 'class_dict'")
+    images = np.asarray(data["image_data"])
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{path}: image_data must be (n, height, width, 3), got {images.shape}")
-    _check_classes(set(data["class_dict"]), classes, part, path)
-    index = [sorted(int(i) for i in data["class_dict"].get(c, [])) for c in classes]
-    picked = images[[i for idx in index for i in idx]]  # (n, h, w, 3)
+        raise DataError(f"{path}: image_data must be (n, height, width, 3), got {images.shape}")
+    index = _class_indices(path, data["class_dict"], classes, part, len(images))
+    picked = _uint8(path, images[[i for idx in index for i in idx]])  # (n, h, w, 3)
     if picked.shape[1:3] != (size, size):
         resized = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in picked]
         picked = np.stack(resized) if resized else np.empty((0, size, size, 3), dtype=np.uint8)
@@ -146,7 +222,7 @@ def load_split(root: Path, part: str, size: int = 84, cache: str | os.PathLike |
     (n, 3, size, size) class by class, ``form`` and ``sources``."""
     classes = list(RAVI_SPLITS[part])
     form, paths = _find_source(root, part)
-    key = source_key(paths, form, part, size, ",".join(classes), "v1")
+    key = source_key(paths, form, part, size, ",".join(classes), "v2")
     path = cache_dir(cache) / f"mini_imagenet-{part}-{size}-{key}.pt"
 
     def build() -> dict:
@@ -154,8 +230,10 @@ def load_split(root: Path, part: str, size: int = 84, cache: str | os.PathLike |
             sizes, images = _read_pickle(paths[0], part, classes, size)
         else:
             tree, files = _listing(form, paths, part, classes)
-            images = decode_all(tree, [f for fs in files for f in fs], size, "RGB")
-            tree.close()
+            try:
+                images = decode_all(tree, [f for fs in files for f in fs], size, "RGB")
+            finally:
+                tree.close()
             sizes = [len(fs) for fs in files]
         if not any(sizes):
             raise DatasetNotFoundError(f"mini-ImageNet split {part!r}", paths,
@@ -163,7 +241,7 @@ def load_split(root: Path, part: str, size: int = 84, cache: str | os.PathLike |
         return {"classes": classes, "sizes": sizes, "images": images, "form": form,
                 "sources": [str(p) for p in paths]}
 
-    return cached(path, build)
+    return {**cached(path, build), "sources": [str(p) for p in paths]}  # as spelled now, whichever built it
 
 
 class MiniImageNet(FewShotDataset):

@@ -16,7 +16,7 @@ import torch
 from .base import RIGHT_ANGLES, FewShotDataset, check_angles, describe_rotations
 from .image_folder import class_split
 from .images import FileTree, decode_all
-from .storage import DatasetNotFoundError, cache_dir, cached, data_root, download, source_key
+from .storage import DataError, DatasetNotFoundError, cache_dir, cached, data_root, download, source_key
 
 BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 EXPECTED_CHARACTERS = {BACKGROUND: 964, EVALUATION: 659}
@@ -146,8 +146,10 @@ def _decode_set(source: Path, part: str, size: int) -> tuple[list[str], torch.Te
         raise ValueError(f"{source}: characters without {DRAWINGS} drawings: {dict(list(bad.items())[:5])}")
     names = sorted(by_char)
     ordered = [f for c in names for f in sorted(by_char[c])]
-    images = decode_all(tree, ordered, size, "L")
-    tree.close()
+    try:
+        images = decode_all(tree, ordered, size, "L")
+    finally:
+        tree.close()
     images = 255 - images  # strokes bright, background zero
     return names, images.view(len(names), DRAWINGS, size, size)
 
@@ -155,17 +157,22 @@ def _decode_set(source: Path, part: str, size: int) -> tuple[list[str], torch.Te
 def load_characters(root: Path, size: int = 28, cache: str | os.PathLike | None = None):
     """All 1623 characters: (names, uint8 tensor (1623, 20, size, size)), through the cache."""
     sources = _find_sources(root)
-    files = [p for p in sources.values()]
-    key = source_key([f for f in files if f.is_file()] or files, [str(f) for f in files], size, "v1")
-    path = cache_dir(cache) / f"omniglot-{size}-{key}.pt"
+    files = [sources[BACKGROUND], sources[EVALUATION]]
+    path = cache_dir(cache) / f"omniglot-{size}-{source_key(files, size, 'v2')}.pt"
 
     def build() -> dict:
-        names, images = [], []
+        names, images, errors = [], [], []
         for part in (BACKGROUND, EVALUATION):
-            n, x = _decode_set(sources[part], part, size)
+            try:
+                n, x = _decode_set(sources[part], part, size)
+            except DataError as err:  # try both sets, to report every bad file at once
+                errors.append(err)
+                continue
             names += n
             images.append(x)
-        return {"names": names, "images": torch.cat(images), "sources": [str(f) for f in files]}
+        if errors:
+            raise DataError.joined(errors)
+        return {"names": names, "images": torch.cat(images), "sources": [str(f.resolve()) for f in files]}
 
     entry = cached(path, build)
     return entry["names"], entry["images"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -24,6 +25,28 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, dataset: str, looked: Iterable[Path | str], how: str) -> None:
         places = "\n".join(f"  - {p}" for p in looked)
         super().__init__(f"{dataset} not found. Looked in:\n{places}\n{how}")
+
+
+class DataError(ValueError):
+    """Data that cannot be read. The message names each file (and an archive's member), the problem and
+    how to check or fix it; ``problems`` lists every bad file, of which the message shows the first 20."""
+
+    def __init__(self, problems: str | Sequence[str], advice: str = "", shown: int = 20) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.advice = advice
+        more = len(self.problems) - shown
+        lines = self.problems[:shown] + ([f"... and {more} more"] if more > 0 else []) + ([advice] if advice else [])
+        super().__init__("\n".join(lines))
+
+    @classmethod
+    def joined(cls, errors: Sequence["DataError"]) -> "DataError":
+        """One error holding the problems of several."""
+        advice = "\n".join(dict.fromkeys(e.advice for e in errors if e.advice))
+        return cls([p for e in errors for p in e.problems], advice)
+
+    def report(self) -> str:
+        """Every problem, then the advice."""
+        return "\n".join(self.problems + ([self.advice] if self.advice else []))
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -45,11 +68,20 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
 
 
 def source_key(paths: Iterable[Path], *extra: object) -> str:
-    """A short key for a cache entry: the sources' paths, sizes and modification times."""
+    """A short key for a cache entry: each source's resolved path, and the relative path, size and
+    modification time of every file under it (of the source itself if it is a file), then ``extra``.
+
+    Any file changed, added or removed anywhere in a tree gives a new key; two spellings of one path
+    (``../data`` and ``/abs/data``) give the same key.
+    """
     h = hashlib.sha1()
     for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        p = Path(p).resolve()
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        h.update(f"{p}\n".encode())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(p).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     for e in extra:
         h.update(f"|{e}".encode())
     return h.hexdigest()[:16]
@@ -66,10 +98,17 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary open() would (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -83,18 +122,71 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def cached(path: Path, build) -> object:
-    """Load ``path`` if it exists, else ``build()`` it and save it atomically."""
+CACHE_FORMAT = "metazoo-cache-2"
+
+
+def cached(path: Path, build: Callable[[], object]) -> object:
+    """Load ``path`` if it holds a good entry, else ``build()`` it and save it atomically.
+
+    An entry is ``{"format", "sha256", "entry"}`` where ``entry`` holds only tensors, dicts, lists,
+    strings and numbers, so it loads with ``weights_only=True`` (no code runs), and ``sha256`` is its
+    content checksum (:func:`content_digest`). An entry that fails to load or to match its checksum is
+    rebuilt with a warning, never trusted.
+    """
     if path.exists():
         try:
-            return torch.load(path, weights_only=False)
-        except Exception:  # a corrupt cache entry is rebuilt, never trusted
+            return _load_entry(path)
+        except Exception as err:  # whatever is wrong with an entry, it is rebuilt, never trusted
+            LOG.warning("the cache entry %s is unusable (%s): decoding it again", path, _why(err))
             path.unlink(missing_ok=True)
     LOG.info("decoding the images into the cache %s (first use of this split: this can take a minute or more)",
              path)
     obj = build()
-    atomic_save(obj, path)
+    atomic_save({"format": CACHE_FORMAT, "sha256": content_digest(obj), "entry": obj}, path)
     return obj
+
+
+def _load_entry(path: Path) -> object:
+    saved = torch.load(path, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != CACHE_FORMAT:
+        raise ValueError(f"not a {CACHE_FORMAT} entry")
+    if content_digest(saved["entry"]) != saved["sha256"]:
+        raise ValueError("its content does not match its checksum: the file was changed or damaged")
+    return saved["entry"]
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, pickle.UnpicklingError):  # what weights_only=True refuses
+        return "it holds objects other than tensors, dicts, lists, strings and numbers"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def content_digest(obj: object) -> str:
+    """sha256 of a nest of tensors, dicts, lists, tuples, strings, numbers and None (anything else is
+    refused, so cache entries stay loadable with ``weights_only=True``)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: object) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"tensor {flat.dtype} {tuple(obj.shape)}\n".encode())
+        h.update(flat.view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)}\n".encode())
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__} {len(obj)}\n".encode())
+        for v in obj:
+            _feed(h, v)
+    elif obj is None or type(obj) in (str, int, float, bool):
+        h.update(f"{type(obj).__name__} {obj!r}\n".encode())
+    else:
+        raise TypeError(f"a cache entry holds only tensors, dicts, lists, strings and numbers, not {type(obj)}")
 
 
 def download(url: str, dest: Path, md5: str, chunk: int = 1 << 20) -> Path:
