@@ -1,3 +1,4 @@
+import dataclasses
 import os
 from pathlib import Path
 
@@ -44,11 +45,12 @@ def toy_dataset(class_sizes=(6, 8, 5, 7, 9, 6), channels=1, side=4, name="toy", 
 
 
 def overfits(learner, episode, steps: int = 100, lr: float = 1e-2) -> bool:
-    """Meta-train ``learner`` on one episode with Adam; True if it then classifies every query right."""
+    """Meta-train ``learner`` on one episode with Adam; True if it then classifies every query right. Each
+    step sees the episode under a new index, as a sampler's episodes come (sequence learners draw their
+    training support order from it)."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
-    batch = [episode]
-    for _ in range(steps):
-        loss, _ = learner.meta_loss(batch)
+    for step in range(steps):
+        loss, _ = learner.meta_loss([dataclasses.replace(episode, index=step)])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -50,13 +50,29 @@ def test_support_labels_are_read(name):
     assert not torch.allclose(learner(ep), learner(relabelled))
 
 
-def test_support_order_is_seeded_when_evaluating_and_random_when_training():
+def test_support_order_is_fixed_when_evaluating_and_the_episodes_own_when_training():
     learner = build("lstm")
-    learner.eval()
-    assert torch.equal(learner.support_order(10, torch.device("cpu")), learner.support_order(10, torch.device("cpu")))
-    learner.train()
-    orders = {tuple(learner.support_order(10, torch.device("cpu")).tolist()) for _ in range(5)}
-    assert len(orders) > 1
+    cpu = torch.device("cpu")
+    fixed = torch.randperm(10, generator=torch.Generator().manual_seed(learner.order_seed))
+    assert torch.equal(learner.eval().support_order(10, cpu), fixed)
+    assert torch.equal(learner.train().support_order(10, cpu), fixed)  # no episode: the fixed order in both modes
+    orders = [tuple(learner.support_order(10, cpu, learner.episode_generator(episode(index=i))).tolist())
+              for i in (0, 1, 2, 3, 0)]
+    assert orders[0] == orders[-1] and len(set(orders)) > 1  # a pure function of the episode's index
+
+
+@pytest.mark.parametrize("online", [False, True])
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_training_logits_do_not_depend_on_the_global_generator(name, online):
+    learner = build(name, online=online).train()
+    ep = episode(queries=2, index=7)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(learner.scored_logits(ep) if online else (learner(ep), ep.query.labels))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    if not online:  # the episode's order, not the fixed one of evaluation
+        assert not torch.equal(runs[0][0], learner.classifier(ep.support)(ep.query.inputs))
 
 
 def test_wrong_ways_is_a_clear_error():
@@ -200,10 +216,8 @@ def test_online_steps_see_only_earlier_labels(name):
 def test_online_meta_loss_is_the_loss_at_every_step():
     learner = build("lstm", online=True)
     ep = episode(shots=2, queries=2)
-    torch.manual_seed(5)
     loss, stats = learner.meta_loss([ep])
-    torch.manual_seed(5)
-    logits, labels = learner.online_logits(all_items(ep))
+    logits, labels = learner.online_logits(all_items(ep), learner.episode_generator(ep))
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
     assert float(stats["accuracy"]) == float((logits.argmax(-1) == labels).float().mean())
 

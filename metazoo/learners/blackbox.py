@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.sampling import episode_seed
 from ..episode import Episode, LabeledSet
 from .base import Classifier, Learner
 
@@ -29,8 +30,12 @@ class SequenceLearner(Learner):
     Args:
         backbone: embedding network with ``feature_size``.
         ways: classes per episode (size of the label inputs and of the outputs).
-        order_seed: seed of the support order in eval mode; in training mode the order is drawn
-            from torch's global generator, which the trainer seeds.
+        order_seed: seed of the random orders. In eval mode the support order is the fixed one
+            of ``order_seed`` (and the online protocol's order is seeded by the episode's index);
+            in training mode an episode's support (or online) order comes from a generator seeded
+            by ``(order_seed, episode.index)``, a pure function of the episode, so a resumed run
+            draws the orders a straight run drew whatever torch's global generator holds.
+            ``adapt(support)``, which sees no episode, uses the order of ``order_seed`` in both modes.
         online: MANN's protocol. Every item of a sequence is paired with the label of the item
             before it (a null label first), and the model predicts each item's own label. Training
             then uses all of an episode's items (support and query, in a random order) as one
@@ -48,9 +53,16 @@ class SequenceLearner(Learner):
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def support_order(self, n: int, device: torch.device) -> torch.Tensor:
-        generator = None if self.training else torch.Generator().manual_seed(self.order_seed)
+    def support_order(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random order (n,) of ``n`` items (the support set's; online, all the episode's) drawn from
+        ``generator``, else the fixed order of ``order_seed``."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(self.order_seed)
         return torch.randperm(n, generator=generator).to(device)
+
+    def episode_generator(self, episode: Episode) -> torch.Generator:
+        """The generator of a training episode's random order, seeded by ``(order_seed, episode.index)``
+        (so episodes built by hand, all of index -1, share one order)."""
+        return torch.Generator().manual_seed(episode_seed(self.order_seed, episode.index))
 
     def _check(self, items: LabeledSet) -> None:
         if items.ways != self.ways:
@@ -69,12 +81,24 @@ class SequenceLearner(Learner):
             return torch.cat([features, labels], -1), null[0]
         return torch.cat([features, torch.cat([null, labels[:-1]])], -1), labels[-1]
 
-    def context(self, support: LabeledSet) -> tuple[torch.Tensor, torch.Tensor]:
-        """The support part of the sequence view, in a random order, and the queries' label input."""
-        return self.labelled(support, self.support_order(len(support), support.inputs.device), self.online)
+    def context(self, support: LabeledSet,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support part of the sequence view, in a random order (:meth:`support_order`), and the
+        queries' label input."""
+        return self.labelled(support, self.support_order(len(support), support.inputs.device, generator), self.online)
 
     def adapt(self, support: LabeledSet) -> Classifier:
-        context, label = self.context(support)
+        """The classifier of ``support`` in the fixed order of ``order_seed`` (no episode, no seed of its own)."""
+        return self.classifier(support)
+
+    def forward(self, episode: Episode) -> torch.Tensor:
+        """Logits of the query inputs (n_query, ways); the support order is the episode's own while training."""
+        generator = self.episode_generator(episode) if self.training else None
+        return self.classifier(episode.support, generator)(episode.query.inputs)
+
+    def classifier(self, support: LabeledSet, generator: torch.Generator | None = None) -> Classifier:
+        """The query classifier: each query read after the support sequence in the order ``generator`` draws."""
+        context, label = self.context(support, generator)
 
         def classify(inputs: torch.Tensor) -> torch.Tensor:
             features = self.backbone(inputs)
@@ -85,19 +109,21 @@ class SequenceLearner(Learner):
 
     def online_logits(self, items: LabeledSet,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """MANN's protocol on ``items`` in a random order (from ``generator``, else torch's global
-        one): logits (n, ways) at every step, each step given the previous step's label, and the
-        labels in that order (n,)."""
-        order = torch.randperm(len(items), generator=generator).to(items.inputs.device)
+        """MANN's protocol on ``items`` in a random order (from ``generator``, else the fixed one of
+        ``order_seed``): logits (n, ways) at every step, each step given the previous step's label,
+        and the labels in that order (n,)."""
+        order = self.support_order(len(items), items.inputs.device, generator)
         steps, _ = self.labelled(items, order, offset=True)
         return self.sequence(steps[None])[0], items.labels[order]
 
     def scored_logits(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """Episodic (the query's logits), or with ``online`` every step of the episode's whole
-        sequence (support and query items together, in a random order)."""
+        sequence (support and query items together, in a random order: the episode's own while
+        training, seeded by its index in eval mode as the online protocol does)."""
         if not self.online:
             return super().scored_logits(episode)
-        return self.online_logits(all_items(episode))
+        generator = self.episode_generator(episode) if self.training else torch.Generator().manual_seed(episode.index)
+        return self.online_logits(all_items(episode), generator)
 
 
 def all_items(episode: Episode) -> LabeledSet:
