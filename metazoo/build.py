@@ -8,6 +8,7 @@ import torch
 
 from .config import Config
 from .data import FewShotDataset, create_dataset, data_root
+from .distributed import local_device
 from .learners import create_objective, objective_factory
 from .objective import Objective
 from .registry import BACKBONES, OPTIMIZERS, SCHEDULES, accepted_kwargs, load_plugins
@@ -58,7 +59,22 @@ def build_optimizer(config: Config, objective: Objective):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; or a torch device name."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto``: CUDA when available, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``, ``mps``, which must be
+    present here (else a one-line error naming the devices there are). Under torchrun, ``cuda`` is the
+    process's own GPU (``LOCAL_RANK``)."""
+    device = local_device(torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                                       "cpu" if name == "auto" else name))
+    there = available_devices()
+    present = str(device) in there or (device.index is None and any(d.split(":")[0] == device.type for d in there))
+    if device.type in ("cuda", "mps") and not present:
+        mine = f" ({device} for this process)" if str(device) != name else ""
+        raise ValueError(f"device {name!r}{mine} is not available here (train.device, --device); available: "
+                         f"{', '.join(there)}; choose one of them, or auto")
+    return device
+
+
+def available_devices() -> list[str]:
+    """The devices this machine offers torch: ``cpu``, each CUDA GPU (``cuda:N``), ``mps``."""
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return ["cpu", *(f"cuda:{n}" for n in range(cuda)), *(["mps"] if mps else [])]

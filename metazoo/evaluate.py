@@ -13,6 +13,7 @@ import torch
 
 from .data.sampling import EpisodeSampler
 from .data.storage import atomic_write_text
+from .distributed import is_main, world_size
 from .objective import Objective
 from .protocols import mean_ci95  # noqa: F401  (part of this module's API)
 from .registry import PROTOCOLS
@@ -29,6 +30,7 @@ class EvalResult:
     ``[mean, ci95]`` of the accuracy at the 1st, 2nd, ... presentation of a class; ``tasks``
     (multitask protocol only) maps each task to its metric on its held-out images: ``accuracy``
     with a binomial 95% interval for classification, ``mse`` for regression, and ``items``.
+    ``device``: where it ran (``cpu``, ``cuda:0``, ...; ``2 x cuda`` for two processes under torchrun).
     """
 
     mean: float
@@ -39,6 +41,7 @@ class EvalResult:
     seconds: float = 0.0
     curve: list = field(default_factory=list)
     tasks: dict = field(default_factory=dict)
+    device: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,19 +74,22 @@ class EvalResult:
 def evaluate(objective: Objective, items, protocol: str = "episodic", device: torch.device | str = "cpu",
              progress: bool = False) -> EvalResult:
     """Evaluate ``objective`` on the fixed ``items`` (e.g. an EpisodeSampler's episodes ``0 .. len - 1``)
-    by a registered protocol (``metazoo list``: episodic, online, multitask).
+    by a registered protocol (``metazoo list``: episodic, online, multitask), on ``device``.
 
     The protocol takes what it evaluates from the objective (the episodic protocol: its few-shot
     learner), which runs in eval mode with its own BatchNorm mode (``bn``: running statistics, or
-    transductive batch statistics), and the result records that mode from the learner itself.
+    transductive batch statistics), and the result records that mode from the learner itself. Under
+    torchrun (:mod:`metazoo.distributed`) the episodic protocols split the episodes across the processes
+    and gather their scores, so every process gets the result one process would.
     """
     rule = PROTOCOLS.create(protocol)
     model = rule.subject(objective)
     start = time.perf_counter()
     with model.evaluation():
-        fields = rule.run(model, items, device, progress)
+        fields = rule.run(model, items, device, progress and is_main())
     settings = {**rule.describe(items), "bn": model.bn, "protocol": protocol}
-    return EvalResult(protocol=settings, seconds=time.perf_counter() - start, **fields)
+    where = str(device) if world_size() == 1 else f"{world_size()} x {torch.device(device).type}"
+    return EvalResult(protocol=settings, seconds=time.perf_counter() - start, device=where, **fields)
 
 
 def meta_test(learner: Objective, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,

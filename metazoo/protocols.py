@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.sampling import EpisodeSampler
+from .distributed import gather, shard
 from .learners.base import Learner
 from .learners.blackbox import SequenceLearner, all_items, presentation_index
 from .multitask.objective import MultiTaskObjective
@@ -74,13 +75,15 @@ class Episodic(Protocol):
         return {**items.protocol(), "episodes": len(items)}
 
     def run(self, model: Learner, items: EpisodeSampler, device, progress: bool) -> dict:
-        accuracies, losses, extra = [], [], []
-        for episode in tqdm(items, total=len(items), desc="eval", disable=not progress, leave=False):
-            episode = episode.to(device)
+        """Every episode's accuracy, loss and extra; under torchrun each process scores its share of the
+        episodes (:func:`~metazoo.distributed.shard`) and all get every score, in episode order."""
+        scores = []
+        for index in tqdm(shard(range(len(items))), desc="eval", disable=not progress, leave=False):
+            episode = items[index].to(device)
             logits, labels = self.logits(model, episode)
-            losses.append(float(model.loss(logits, labels)))
-            accuracies.append(float((logits.argmax(-1) == labels).float().mean()))
-            extra.append(self.extra(logits, labels))
+            scores.append((float((logits.argmax(-1) == labels).float().mean()), float(model.loss(logits, labels)),
+                           self.extra(logits, labels)))
+        accuracies, losses, extra = (list(column) for column in zip(*gather(scores)))
         mean, ci95 = mean_ci95(accuracies)
         return {"mean": mean, "ci95": ci95, "episodes": len(accuracies), "loss": sum(losses) / len(losses),
                 **self.summary(extra)}

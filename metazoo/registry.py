@@ -177,8 +177,8 @@ BUILTINS: dict[Registry, list[tuple[str, str, str]]] = {
                                                  "weights"),
         ("lstm", "learners.blackbox:RecurrentLearner", "an LSTM over (embedding, label) pairs: the plain black-box "
                                                        "baseline"),
-        ("mann", "learners.blackbox:MANN", "MANN (Santoro et al. 2016): LSTM controller, LRU-access external memory"),
-        ("snail", "learners.blackbox:SNAIL", "SNAIL (Mishra et al. 2018): causal temporal convolutions and attention"),
+        ("mann", "learners.mann:MANN", "MANN (Santoro et al. 2016): LSTM controller, LRU-access external memory"),
+        ("snail", "learners.snail:SNAIL", "SNAIL (Mishra et al. 2018): causal temporal convolutions and attention"),
         ("baseline", "learners.transfer:Baseline", "Baseline / Baseline++ (Chen et al. 2019): pretrain, fit a new "
                                                    "head"),
     ],

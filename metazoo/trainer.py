@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .build import build_dataset, build_objective, build_optimizer, resolve_config, resolve_device
 from .config import Config, dump_toml
 from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RunExistsError, RunLockedError  # noqa: F401  (API)
 from .evaluate import EvalResult, evaluate, json_text, write_result
 from .objective import Objective
-from .registry import PROTOCOLS
+from .registry import OBJECTIVES, PROTOCOLS, load_plugins
 from .run import BEST, CONFIG, LAST, METRICS, load_checkpoint, load_run
 
 LOG = logging.getLogger("metazoo")
@@ -51,6 +52,10 @@ class Training:
     started: float = field(default_factory=time.perf_counter)
     validated: int = 0  # the step of the latest checkpoint
     stopped: str | None = None
+    host_group: object = None  # torchrun: the group that agrees on stopping without a device sync
+    check_every_step: bool = True  # the loss is checked every step (CPU), else at log and validation steps
+    bad_step: torch.Tensor | None = None  # on the device: the first step whose loss was not finite (0: none yet)
+    bad_loss: torch.Tensor | None = None
 
     def seconds(self) -> float:
         """Wall-clock seconds this run has trained, over all its sessions."""
@@ -61,9 +66,32 @@ class Training:
         return budget > 0 and self.seconds() >= 60 * budget
 
     def checkpoint(self, path: Path) -> None:
-        atomic_save({"step": self.step, "best": self.best, "learner": self.objective.state_dict(),
-                     "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "train_seconds": self.seconds()}, path)
+        """Write a checkpoint (rank 0 only under torchrun; the ranks hold the same weights)."""
+        if distributed.is_main():
+            atomic_save({"step": self.step, "best": self.best, "learner": self.objective.state_dict(),
+                         "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "train_seconds": self.seconds()}, path)
+
+    def watch(self, loss: torch.Tensor) -> None:
+        """Note the first step whose training loss is not finite, where the loss is (no host sync)."""
+        if self.bad_step is None:
+            self.bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+            self.bad_loss = torch.zeros((), device=loss.device)
+        fresh = ~torch.isfinite(loss) & (self.bad_step == 0)
+        self.bad_step = torch.where(fresh, self.step, self.bad_step)
+        self.bad_loss = torch.where(fresh, loss.detach().float(), self.bad_loss)
+
+    def check_losses(self) -> None:
+        """Raise if a loss was not finite (the CPU checks every step, before the optimiser steps; a GPU at
+        log and validation steps and before a checkpoint, so that no step waits for the device)."""
+        if self.bad_step is None or not int(self.bad_step):
+            return
+        step = int(self.bad_step)
+        where = "there" if step == self.step else \
+            f"at step {self.step}, where it was checked (on {self.device.type}, at log and validation steps)"
+        raise NonFiniteLossError(f"step {step}: the training loss is {float(self.bad_loss)}; the run stopped {where}, "
+                                 f"and its last good checkpoint is {self.run_dir / LAST} (step {self.validated}). "
+                                 "Lower optim.lr, or check the data, before resuming.")
 
 
 def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_root: str | Path | None = None,
@@ -77,34 +105,70 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     run must have the checkpoint's config but for its budgets (:data:`RESUMABLE`); one process at a
     time trains in a directory; SIGINT and SIGTERM stop at the next step with a checkpoint
     (:class:`Interrupted`); a non-finite loss stops the run before the optimiser steps
-    (:class:`NonFiniteLossError`). Returns a summary dict. See docs/reliability.md.
+    (:class:`NonFiniteLossError`; on a GPU, at the next log or validation step). Returns a summary dict.
+    See docs/reliability.md. Under torchrun (``WORLD_SIZE`` > 1) the processes split every step's items and
+    the evaluation episodes, and rank 0 alone writes (docs/distributed.md).
     """
     run_dir = Path(run_dir)
     if (run_dir / LAST).exists() and not resume:
         raise RunExistsError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              "or choose another run directory")
-    if resume and not (run_dir / LAST).exists():
+    if resume and not (run_dir / LAST).exists() and distributed.is_main():
         LOG.warning(f"--resume: {run_dir} holds no checkpoint ({LAST}) yet, so the run starts from step 0")
-    run = prepare(config, run_dir, data_root, test)
+    check_processes(config)
+    with distributed.session(resolve_device(config.train.device)) as host_group:
+        run = prepare(config, run_dir, data_root, test)
+        run.host_group = host_group
+        with own(run_dir):
+            begin(run)
+            with stop_on_signals(run):
+                train_steps(run, progress)
+        distributed.barrier()  # rank 0's checkpoints are written before any rank reads them
+        if run.stopped == "signal":
+            raise Interrupted(f"stopped at step {run.step} by a signal, with a checkpoint; continue with --resume "
+                              f"(e.g. metazoo train CONFIG -o {run_dir} --resume)")
+        summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best, "train_seconds": run.seconds(),
+                   "stopped": run.stopped}
+        if test:
+            summary["test"] = test_run(run_dir, run.config.eval.checkpoint, data_root, progress).to_dict()
+    return summary
+
+
+def check_processes(config: Config) -> None:
+    """Under torchrun, before the processes join: the meta-batch divides by them, and the objective is a
+    few-shot learner, whose step loss is the mean over the step's items (so the mean of the ranks' means);
+    another objective's (multi-task: task weightings, a penalty) is not."""
+    distributed.check_meta_batch(config.train.meta_batch_size)
+    load_plugins(config.plugins)
+    name = config.learner.get("name", "protonet")
+    if distributed.world_size() > 1 and name in OBJECTIVES:
+        raise ValueError(f"learner {name!r} cannot train across processes: its step's loss is not a mean over "
+                         "the step's items (task weightings, a penalty); train it in one process")
+
+
+@contextlib.contextmanager
+def own(run_dir: Path):
+    """The writing process (rank 0; the only one outside torchrun) creates and locks the run directory and
+    removes the half-written files of a killed process; the other ranks only read its checkpoint."""
+    if not distributed.is_main():
+        yield
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        for stale in run_dir.glob(".*.tmp"):  # half-written files of a killed process
+        for stale in run_dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-        if (run_dir / LAST).exists():
-            restore(run)
-        else:
-            _truncate_metrics(run_dir / METRICS, 0)  # rows of a run that died before its first checkpoint
-        (run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
-        with stop_on_signals(run):
-            train_steps(run, progress)
-    if run.stopped == "signal":
-        raise Interrupted(f"stopped at step {run.step} by a signal, with a checkpoint; continue with --resume "
-                          f"(e.g. metazoo train CONFIG -o {run_dir} --resume)")
-    summary = {"run_dir": str(run_dir), "steps": run.step, "best": run.best, "train_seconds": run.seconds(),
-               "stopped": run.stopped}
-    if test:
-        summary["test"] = test_run(run_dir, run.config.eval.checkpoint, data_root, progress).to_dict()
-    return summary
+        yield
+
+
+def begin(run: Training) -> None:
+    """Restore ``last.pt`` if there is one (every rank), else drop the rows of a run that died before its
+    first checkpoint; then write the resolved ``config.toml``."""
+    if (run.run_dir / LAST).exists():
+        restore(run)
+    elif distributed.is_main():
+        _truncate_metrics(run.run_dir / METRICS, 0)
+    if distributed.is_main():
+        (run.run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
 
 
 def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: bool = True) -> Training:
@@ -122,7 +186,8 @@ def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: b
     val_items = protocol.items(config, "val", data_root, train_set)
     if test:
         protocol.items(config, "test", data_root, train_set)
-    return Training(config, run_dir, objective, optimizer, scheduler, items, val_items, device)
+    return Training(config, run_dir, objective, optimizer, scheduler, items, val_items, device,
+                    check_every_step=device.type == "cpu")
 
 
 def restore(run: Training) -> None:
@@ -135,7 +200,8 @@ def restore(run: Training) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.best = state["step"], state["best"]
     run.validated, run.seconds_before, run.started = run.step, state.get("train_seconds", 0.0), time.perf_counter()
-    _truncate_metrics(run.run_dir / METRICS, run.step)
+    if distributed.is_main():
+        _truncate_metrics(run.run_dir / METRICS, run.step)
 
 
 RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
@@ -163,56 +229,78 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
+STOPS = (None, "budget", "signal")  # reasons to stop, in the order the ranks agree on them (the last wins)
+
+
 def train_steps(run: Training, progress: bool) -> None:
     """Steps ``run.step + 1 .. train.steps``: log every ``log_every``, validate and checkpoint every
     ``val_every`` and at the end; with ``train.max_minutes``, stop at the first step past the budget
     (validating and checkpointing there) and record the stop."""
     t = run.config.train
-    indices = range(run.step * t.meta_batch_size, t.steps * t.meta_batch_size)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=t.meta_batch_size,
-                                         collate_fn=list, num_workers=t.num_workers)
-    bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not progress, dynamic_ncols=True)
-    first = run.step
-    with MetricsLog(run.run_dir, t.tensorboard, run.step) as metrics:
-        for step, batch in enumerate(loader, run.step + 1):
+    bar = tqdm(total=t.steps, initial=run.step, desc="train", disable=not (progress and distributed.is_main()),
+               dynamic_ncols=True)
+    first, shown = run.step, None if bar.disable else bar
+    with MetricsLog(run.run_dir, t.tensorboard, run.step, write=distributed.is_main()) as metrics:
+        for step, batch in enumerate(step_loader(run), run.step + 1):
             if run.over_budget():
                 run.stopped = "budget"
+            run.stopped = STOPS[distributed.most(STOPS.index(run.stopped), run.host_group)]
             if run.stopped:
                 break
             run.step = step
             stats = train_step(run, batch)
             bar.update()
             if step % t.log_every == 0 or step == t.steps:
+                run.check_losses()
                 row = {"step": step, "split": "train", **{k: float(v) for k, v in stats.items()},
                        "lr": run.scheduler.get_last_lr()[0], "seconds": run.seconds()}
                 metrics(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
-                validate(run, metrics, bar if progress else None)
-        if run.stopped == "budget" and run.validated != run.step:
-            validate(run, metrics, bar if progress else None)
-        elif run.stopped == "signal" and run.validated != run.step:
-            run.checkpoint(run.run_dir / LAST)  # quickly: no validation when asked to stop
-            run.validated = run.step
-        if run.stopped and run.step > first:  # (a session that finds its budget spent adds nothing)
-            metrics({"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
-                     "max_minutes": t.max_minutes})
-            if run.stopped == "budget":
-                LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
-                         "(resume with a larger train.max_minutes to continue)")
+                validate(run, metrics, shown)
+        finish(run, metrics, shown, first)
     bar.close()
 
 
+def step_loader(run: Training) -> torch.utils.data.DataLoader:
+    """The items of steps ``run.step + 1 ..``: B per step, or under torchrun this rank's share of them (items
+    ``r, r + R, ...`` of each step's B), batched by step."""
+    t = run.config.train
+    share = t.meta_batch_size // distributed.world_size()
+    indices = distributed.shard(range(run.step * t.meta_batch_size, t.steps * t.meta_batch_size))
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(run.items, indices), batch_size=share,
+                                       collate_fn=list, num_workers=t.num_workers)
+
+
+def finish(run: Training, metrics: "MetricsLog", bar, first: int) -> None:
+    """After the last step of a session: validate or checkpoint where a stop left the run, and record the stop."""
+    t = run.config.train
+    if run.stopped == "budget" and run.validated != run.step:
+        validate(run, metrics, bar)
+    elif run.stopped == "signal" and run.validated != run.step:
+        run.check_losses()
+        run.checkpoint(run.run_dir / LAST)  # quickly: no validation when asked to stop
+        run.validated = run.step
+    if run.stopped and run.step > first:  # (a session that finds its budget spent adds nothing)
+        metrics({"step": run.step, "split": "stop", "reason": run.stopped, "seconds": run.seconds(),
+                 "max_minutes": t.max_minutes})
+        if run.stopped == "budget" and distributed.is_main():
+            LOG.info(f"stopped at step {run.step} of {t.steps}: the {t.max_minutes:g}-minute budget is spent "
+                     "(resume with a larger train.max_minutes to continue)")
+
+
 def train_step(run: Training, batch: list) -> dict:
-    """One optimiser step on one meta-batch; the step's detached metrics. A non-finite loss raises
-    before the optimiser steps, so every checkpoint holds finite weights."""
+    """One optimiser step on one meta-batch (under torchrun, this rank's share of it, the gradients averaged
+    over the ranks); the step's detached metrics. A non-finite loss raises before the optimiser steps on
+    the CPU, so every checkpoint holds finite weights (elsewhere :meth:`Training.check_losses` guards them)."""
     run.objective.train()
     run.optimizer.zero_grad(set_to_none=True)
     stats = run.objective.meta_backward([item.to(run.device) for item in batch])
-    if not torch.isfinite(stats["loss"]):
-        raise NonFiniteLossError(f"step {run.step}: the training loss is {float(stats['loss'])}; the run stopped "
-                                 f"there, and its last good checkpoint is {run.run_dir / LAST} (step "
-                                 f"{run.validated}). Lower optim.lr, or check the data, before resuming.")
+    stats = distributed.reduce_step(run.objective.parameters(), run.objective.buffers(), stats,
+                                    len(batch) / run.config.train.meta_batch_size)
+    run.watch(stats["loss"])
+    if run.check_every_step:
+        run.check_losses()
     run.optimizer.step()
     run.scheduler.step()
     return stats
@@ -221,6 +309,7 @@ def train_step(run: Training, batch: list) -> dict:
 def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
     """Evaluate on the fixed validation items and log it; checkpoint ``best.pt`` when better, and ``last.pt``
     (never non-finite weights: a step can take finite losses to infinite weights, e.g. ``optim.lr = inf``)."""
+    run.check_losses()
     if not all(bool(torch.isfinite(p).all()) for p in run.objective.parameters()):
         raise NonFiniteLossError(f"step {run.step}: the weights are no longer finite (the loss was finite); the "
                                  f"last good checkpoint is {run.run_dir / LAST} (step {run.validated}). Lower "
@@ -233,9 +322,10 @@ def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
     run.validated = run.step
     metrics({"step": run.step, "split": "val", "loss": result.loss, "accuracy": result.mean, "ci95": result.ci95,
              "seconds": run.seconds()})
-    (bar.write if bar is not None else LOG.info)(
-        f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
-        f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
+    if distributed.is_main():
+        (bar.write if bar is not None else LOG.info)(
+            f"step {run.step}: val {100 * result.mean:.2f} +- {100 * result.ci95:.2f}% "
+            f"(best {100 * run.best['accuracy']:.2f}% at step {run.best['step']})")
     return result
 
 
@@ -243,15 +333,19 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
              progress: bool = False, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> EvalResult:
     """Reload a run (:func:`~metazoo.run.load_run`), evaluate it on the test items of its ``[eval]``
     protocol, and (``write``) record the result in the run (``result.json``, ``results.jsonl``), with
-    the checkpoint, its step, the training split and any ``overrides`` (test-time settings)."""
+    the checkpoint, its step, the training split and any ``overrides`` (test-time settings; where it ran is
+    the result's ``device``, not an override). Under torchrun the processes share the test episodes and
+    rank 0 writes."""
     run = load_run(run_dir, checkpoint, overrides, data_root)
     rule = PROTOCOLS.create(run.config.eval.protocol)
     items = rule.items(run.config, "test", data_root)
-    result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress)
+    with distributed.session(run.device):
+        result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress)
+    settings = [o for o in overrides if not o.replace(" ", "").startswith("train.device=")]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
-             **({"overrides": list(overrides)} if overrides else {})}
+             **({"overrides": settings} if settings else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})
-    if write:
+    if write and distributed.is_main():
         write_result(result, run.dir)
     return result
 
@@ -259,15 +353,17 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
 class MetricsLog:
     """``metrics.jsonl`` rows, written as they come (and as TensorBoard scalars with ``train.tensorboard``)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, step: int) -> None:
-        self.file = open(run_dir / METRICS, "a")
+    def __init__(self, run_dir: Path, tensorboard: bool, step: int, write: bool = True) -> None:
+        self.file = open(run_dir / METRICS, "a") if write else None  # (torchrun: rank 0 writes)
         self.board = None
-        if tensorboard:
+        if tensorboard and write:
             from .tensorboard import metrics_writer
 
             self.board = metrics_writer(run_dir, purge_step=step + 1 if step else None)
 
     def __call__(self, row: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json_text(row) + "\n")
         self.file.flush()
         if self.board is not None:
@@ -277,7 +373,8 @@ class MetricsLog:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.board is not None:
             self.board.close()
 

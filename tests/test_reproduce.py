@@ -129,3 +129,22 @@ def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root,
     with pytest.raises(FileNotFoundError, match="no model-zoo entry 'zoo:omniglot/nothing'; the zoo holds: "
                                                 "zoo:omniglot/protonet_5w1s"):
         load_run("zoo:omniglot/nothing")
+
+
+@pytest.mark.parametrize("entry", sorted(p.parent.relative_to(REPO / "experiments" / "zoo").as_posix()
+                                         for p in (REPO / "experiments" / "zoo").glob("*/*/config.toml")))
+def test_a_committed_zoo_entry_re_tests_to_its_record(entry, data_root):
+    """Every committed zoo entry: its first test episodes give its recorded check to the printed precision,
+    and its records say which cells it reproduces."""
+    folder = REPO / "experiments" / "zoo" / entry
+    check = json.loads((folder / CHECK).read_text())
+    again = evaluate_run(f"zoo:{entry}", overrides=check["overrides"], data_root=data_root, write=False)
+    assert (f"{100 * again.mean:.2f}", f"{100 * again.ci95:.2f}") == (f"{check['mean']:.2f}", f"{check['ci95']:.2f}")
+    records = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines()]
+    assert records and all(r["checkpoint"] == f"zoo:{entry}" for r in records)
+    assert (folder / "best.pt").stat().st_size < 1_000_000
+
+
+def test_the_zoo_holds_the_reproduced_protonet_cells():
+    entries = {p.parent.name for p in (REPO / "experiments" / "zoo" / "omniglot").glob("*/config.toml")}
+    assert {"protonet_5w1s", "protonet_5w5s"} <= entries

@@ -52,11 +52,13 @@ def list_learners() -> list[str]:
 
 
 from .base import Classifier, Learner  # noqa: E402
-from .blackbox import MANN, SNAIL, RecurrentLearner, SequenceLearner  # noqa: E402
+from .blackbox import RecurrentLearner, SequenceLearner  # noqa: E402
 from .gradient import ANIL, MAML, GradientLearner, MetaSGD, Reptile  # noqa: E402
+from .mann import MANN  # noqa: E402
 from .matching import MatchingNet  # noqa: E402
 from .protonet import ProtoNet  # noqa: E402
 from .relation import RelationNet  # noqa: E402
+from .snail import SNAIL  # noqa: E402
 from .transfer import Baseline, FineTuned  # noqa: E402
 
 __all__ = ["ANIL", "LEARNERS", "MAML", "MANN", "SNAIL", "Baseline", "Classifier", "FineTuned", "GradientLearner",

@@ -4,16 +4,17 @@ The sequence view of an episode: the support items in a random order, each embed
 backbone and joined to its one-hot label, then one query joined to a null (all-zero) label. Each
 query gets its own sequence (the shared support prefix and itself), and every model here is
 causal, so a query sees the support set and nothing of the other queries, and no query label
-is ever an input. The logits are the model's output at the query position.
+is ever an input. The logits are the model's output at the query position. The prefix runs once
+per episode (:meth:`SequenceLearner.prefix_state`) and every query is a one-step continuation of
+what it left (:meth:`SequenceLearner.continue_from`): the LSTM's and MANN's state, SNAIL's layer
+inputs and attention keys and values.
 
-Learners: :class:`RecurrentLearner` (an LSTM, the simplest black-box learner), :class:`MANN`
-(Santoro et al. 2016: an LSTM controller with an external memory written by least-recently-used
-access) and :class:`SNAIL` (Mishra et al. 2018: causal temporal convolutions and causal
-attention).
+Learners: :class:`RecurrentLearner` here (an LSTM, the simplest black-box learner),
+:class:`~metazoo.learners.mann.MANN` (Santoro et al. 2016: an LSTM controller with an external
+memory written by least-recently-used access) and :class:`~metazoo.learners.snail.SNAIL` (Mishra et
+al. 2018: causal temporal convolutions and causal attention).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,18 @@ class SequenceLearner(Learner):
 
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def prefix_state(self, context: torch.Tensor):
+        """What the steps after the prefix ``context`` (T, features + ways) need of it, computed once per
+        episode. This default keeps the prefix itself, so that :meth:`continue_from` re-runs it with every
+        step: a model that implements only :meth:`sequence` works unchanged, at that cost."""
+        return context
+
+    def continue_from(self, state, steps: torch.Tensor) -> torch.Tensor:
+        """Logits (n, ways) of ``steps`` (n, features + ways), each read as the next step after the prefix
+        whose :meth:`prefix_state` is ``state`` (n one-step continuations of one sequence)."""
+        sequences = torch.cat([state.expand(len(steps), *state.shape), steps[:, None]], 1)
+        return self.sequence(sequences)[:, -1]
 
     def support_order(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random order (n,) of ``n`` items (the support set's; online, all the episode's) drawn from
@@ -97,14 +110,14 @@ class SequenceLearner(Learner):
         return self.classifier(episode.support, generator)(episode.query.inputs)
 
     def classifier(self, support: LabeledSet, generator: torch.Generator | None = None) -> Classifier:
-        """The query classifier: each query read after the support sequence in the order ``generator`` draws."""
+        """The query classifier: each query read after the support sequence in the order ``generator`` draws.
+        The support sequence runs once, here; each query continues from its state."""
         context, label = self.context(support, generator)
+        state = self.prefix_state(context)
 
         def classify(inputs: torch.Tensor) -> torch.Tensor:
             features = self.backbone(inputs)
-            queries = torch.cat([features, label.expand(len(features), -1)], -1)
-            sequences = torch.cat([context.expand(len(queries), *context.shape), queries[:, None]], 1)
-            return self.sequence(sequences)[:, -1]
+            return self.continue_from(state, torch.cat([features, label.expand(len(features), -1)], -1))
         return classify
 
     def online_logits(self, items: LabeledSet,
@@ -150,168 +163,10 @@ class RecurrentLearner(SequenceLearner):
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.out(self.lstm(inputs)[0])
 
+    def prefix_state(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM's (h, c), each (layers, 1, hidden), after ``context`` (T, features + ways)."""
+        return self.lstm(context[None])[1]
 
-# --- MANN's memory maths (each (batch, ...) tensor; tested against hand computations) -------------
-def cosine_weights(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Content addressing: softmax over slots of cosine(key, slot). keys (B, H, W), memory (B, N, W) -> (B, H, N)."""
-    similarity = F.normalize(keys, dim=-1, eps=eps) @ F.normalize(memory, dim=-1, eps=eps).transpose(1, 2)
-    return similarity.softmax(-1)
-
-
-def usage_update(usage: torch.Tensor, read: torch.Tensor, write: torch.Tensor, gamma: float) -> torch.Tensor:
-    """w^u_t = gamma * w^u_{t-1} + sum over heads of (w^r_t + w^w_t). usage (B, N), read and write (B, H, N)."""
-    return gamma * usage + read.sum(1) + write.sum(1)
-
-
-def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
-    """w^lu: 1 at the ``n`` slots of smallest usage, 0 elsewhere (ties broken by position). (B, N) -> (B, N)."""
-    slots = usage.topk(n, dim=-1, largest=False).indices
-    return torch.zeros_like(usage).scatter_(-1, slots, 1.0)
-
-
-def write_weights(previous_read: torch.Tensor, previous_least_used: torch.Tensor,
-                  gate: torch.Tensor) -> torch.Tensor:
-    """w^w_t = sigmoid(alpha) * w^r_{t-1} + (1 - sigmoid(alpha)) * w^lu_{t-1}.
-
-    previous_read (B, H, N), previous_least_used (B, N), gate alpha (B, H) -> (B, H, N)."""
-    g = torch.sigmoid(gate)[..., None]
-    return g * previous_read + (1 - g) * previous_least_used[:, None]
-
-
-class MANN(SequenceLearner):
-    """Memory-Augmented Neural Network (Santoro, Bartunov, Botvinick, Wierstra & Lillicrap, ICML 2016).
-
-    An LSTM controller reads ``[x_t, label_t, r_{t-1}]``; each of ``heads`` heads emits a key
-    ``k_t`` and a write gate ``alpha_t``. Memory ``M`` has ``slots`` rows of ``slot_size``, zero at the
-    start of every sequence (episode). Per step, as in the paper:
-
-    - the least-used slot of ``w^u_{t-1}`` is erased, then ``M_t = M_{t-1} + w^w_t^T k_t`` with
-      ``w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}`` (least-recently-used access);
-    - reads ``w^r_t = softmax(cosine(k_t, M_t))``, ``r_t = w^r_t M_t``;
-    - usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``; ``w^lu_t`` marks the ``heads`` least-used slots;
-    - logits from ``[h_t, r_t]``.
-    """
-
-    def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
-                 slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
-                 online: bool = False, bn: str = "running") -> None:
-        super().__init__(backbone, ways, order_seed, online, bn)
-        self.hidden, self.slots, self.slot_size, self.heads, self.gamma = hidden, slots, slot_size, heads, gamma
-        self.controller = nn.LSTMCell(self.input_size + heads * slot_size, hidden)
-        self.keys = nn.Linear(hidden, heads * slot_size)
-        self.gates = nn.Linear(hidden, heads)
-        self.out = nn.Linear(hidden + heads * slot_size, ways)
-
-    def initial_state(self, batch: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
-        zeros = like.new_zeros
-        least = least_used(zeros(batch, self.slots), self.heads)
-        return {"h": zeros(batch, self.hidden), "c": zeros(batch, self.hidden),
-                "memory": zeros(batch, self.slots, self.slot_size), "reads": zeros(batch, self.heads * self.slot_size),
-                "read_weights": zeros(batch, self.heads, self.slots), "usage": zeros(batch, self.slots),
-                "least_used": least}
-
-    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One time step: x (B, features + ways) -> logits (B, ways), next state."""
-        batch = len(x)
-        h, c = self.controller(torch.cat([x, state["reads"]], -1), (state["h"], state["c"]))
-        keys = self.keys(h).view(batch, self.heads, self.slot_size)
-        write = write_weights(state["read_weights"], state["least_used"], self.gates(h))
-        erase = least_used(state["usage"], 1)  # the paper zeroes the one least-used slot of w^u_{t-1}
-        memory = state["memory"] * (1 - erase)[..., None]
-        memory = memory + write.transpose(1, 2) @ keys
-        read_weights = cosine_weights(keys, memory)
-        reads = (read_weights @ memory).flatten(1)
-        usage = usage_update(state["usage"], read_weights, write, self.gamma)
-        state = {"h": h, "c": c, "memory": memory, "reads": reads, "read_weights": read_weights, "usage": usage,
-                 "least_used": least_used(usage, self.heads)}
-        return self.out(torch.cat([h, reads], -1)), state
-
-    def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
-        state, outputs = self.initial_state(len(inputs), inputs), []
-        for t in range(inputs.shape[1]):
-            logits, state = self.step(inputs[:, t], state)
-            outputs.append(logits)
-        return torch.stack(outputs, 1)
-
-
-# --- SNAIL's blocks -------------------------------------------------------------------------------
-class CausalConv(nn.Module):
-    """1-d convolution (kernel 2, dilation d) over time whose output at t sees inputs <= t."""
-
-    def __init__(self, channels: int, filters: int, dilation: int) -> None:
-        super().__init__()
-        self.dilation = dilation
-        self.conv = nn.Conv1d(channels, filters, 2, dilation=dilation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, filters, T)
-        return self.conv(F.pad(x, (self.dilation, 0)))
-
-
-class DenseBlock(nn.Module):
-    """Gated causal convolution, its output joined to its input: (B, C, T) -> (B, C + filters, T)."""
-
-    def __init__(self, channels: int, filters: int, dilation: int) -> None:
-        super().__init__()
-        self.f, self.g = CausalConv(channels, filters, dilation), CausalConv(channels, filters, dilation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, torch.tanh(self.f(x)) * torch.sigmoid(self.g(x))], 1)
-
-
-class TCBlock(nn.Module):
-    """Dense blocks with dilations 1, 2, 4, ... up to the sequence length: (B, C, T) -> (B, C + k * filters, T)."""
-
-    def __init__(self, channels: int, length: int, filters: int) -> None:
-        super().__init__()
-        blocks = []
-        for i in range(max(1, math.ceil(math.log2(length)))):
-            blocks.append(DenseBlock(channels, filters, 2 ** i))
-            channels += filters
-        self.blocks, self.channels = nn.Sequential(*blocks), channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
-
-
-class AttentionBlock(nn.Module):
-    """Causal single-head soft attention, its read joined to its input: (B, C, T) -> (B, C + values, T)."""
-
-    def __init__(self, channels: int, key_size: int, value_size: int) -> None:
-        super().__init__()
-        self.query, self.key = nn.Linear(channels, key_size), nn.Linear(channels, key_size)
-        self.value = nn.Linear(channels, value_size)
-        self.scale, self.channels = math.sqrt(key_size), channels + value_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq = x.transpose(1, 2)  # (B, T, C)
-        scores = self.query(seq) @ self.key(seq).transpose(1, 2) / self.scale  # (B, T, T)
-        length = scores.shape[-1]
-        future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-        read = scores.masked_fill(future, float("-inf")).softmax(-1) @ self.value(seq)
-        return torch.cat([x, read.transpose(1, 2)], 1)
-
-
-class SNAIL(SequenceLearner):
-    """Simple Neural AttentIve Learner (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018).
-
-    Over the embedded support-then-query sequence, the paper's few-shot classification stack:
-    attention (keys 64, values 32), TC block (128 filters), attention (256, 128), TC block (128),
-    attention (512, 256), then a 1x1 convolution to ``ways`` logits. ``length`` is the longest
-    sequence the TC blocks' dilations cover, ``ways * shots + 1`` in the paper (more is harmless;
-    less shortens the receptive field of the convolutions, not the attention's).
-    """
-
-    def __init__(self, backbone: nn.Module, ways: int = 5, length: int = 26, order_seed: int = 0,
-                 filters: int = 128, online: bool = False, bn: str = "running") -> None:
-        super().__init__(backbone, ways, order_seed, online, bn)
-        channels, layers = self.input_size, []
-        for block in ("attention", 64, 32), ("tc",), ("attention", 256, 128), ("tc",), ("attention", 512, 256):
-            layer = AttentionBlock(channels, *block[1:]) if block[0] == "attention" else TCBlock(channels, length,
-                                                                                                 filters)
-            layers.append(layer)
-            channels = layer.channels
-        self.blocks = nn.Sequential(*layers)
-        self.out = nn.Conv1d(channels, ways, 1)
-
-    def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.out(self.blocks(inputs.transpose(1, 2))).transpose(1, 2)
+    def continue_from(self, state: tuple[torch.Tensor, torch.Tensor], steps: torch.Tensor) -> torch.Tensor:
+        h, c = (s.expand(-1, len(steps), -1).contiguous() for s in state)  # (layers, n, hidden)
+        return self.out(self.lstm(steps[:, None], (h, c))[0][:, -1])

@@ -76,26 +76,25 @@ class DynamicWeightAverage(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def weights(self) -> torch.Tensor:
-        if torch.isnan(self.history).any():
-            return torch.ones(self.tasks, device=self.history.device)
+        """Equal weights until every task has two periods of history (chosen on the device: no host sync)."""
         rates = self.history[1] / self.history[0]
-        return self.tasks * torch.softmax(rates / self.temperature, 0)
+        weights = self.tasks * torch.softmax(rates / self.temperature, 0)
+        return torch.where(torch.isnan(self.history).any(), torch.ones_like(weights), weights)
 
     def forward(self, losses: torch.Tensor, tasks: torch.Tensor | None = None, shared=None) -> torch.Tensor:
         total = (_pick(self.weights(), tasks) * losses).sum()
-        with torch.no_grad():  # book-keeping for the next periods
+        with torch.no_grad():  # book-keeping for the next periods, on the device (no host sync)
             index = torch.arange(self.tasks, device=losses.device) if tasks is None else tasks
             self.sums.index_add_(0, index, losses.detach())
             self.counts.index_add_(0, index, torch.ones_like(losses))
             self.steps += 1
-            if int(self.steps) == self.period:
-                seen = self.counts > 0
-                latest = torch.where(seen, self.sums / self.counts.clamp_min(1), self.history[1])
-                self.history[0] = torch.where(seen, self.history[1], self.history[0])
-                self.history[1] = latest
-                self.sums.zero_()
-                self.counts.zero_()
-                self.steps.zero_()
+            due = self.steps == self.period  # the end of a period
+            seen = (self.counts > 0) & due
+            latest = torch.where(seen, self.sums / self.counts.clamp_min(1), self.history[1])
+            self.history[0] = torch.where(seen, self.history[1], self.history[0])
+            self.history[1] = latest
+            for buffer in (self.sums, self.counts, self.steps):
+                buffer.copy_(torch.where(due, torch.zeros_like(buffer), buffer))
         return total
 
 

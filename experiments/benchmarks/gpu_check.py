@@ -1,0 +1,131 @@
+"""GPU check: the GPU-marked tests, then a timing table, on a machine with CUDA (meant to take under 5 minutes).
+
+    python experiments/benchmarks/gpu_check.py [--data-root DIR] [--skip-tests] [--repeats 5] [--steps 10]
+
+(``--device cpu --skip-tests --repeats 1 --steps 1`` is a dry run of the timing code on a machine without one.)
+
+Without CUDA it says so and exits 0. With CUDA it runs ``pytest -m gpu`` (tests/test_gpu.py: a training step
+and a MAML meta-iteration on the GPU give the CPU's loss and gradients; a run trains on the GPU, records it
+and reloads on the CPU; a non-finite loss stops before a checkpoint), then times on the first GPU, on
+Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
+
+- a ProtoNet training step (meta-batch 1);
+- a MAML meta-iteration (second order, 5 inner steps, meta-batch 4; the shape of ``metazoo bench``'s MAML
+  table): metazoo batched (the meta-batch's tasks in one grouped pass) and metazoo task by task (learn2learn
+  is not timed here: ``metazoo bench``'s MAML contenders build on the CPU and would need a device argument);
+- episode sampling: drawn on the host and copied to the GPU, and drawn from images already on the GPU.
+
+Each row is the median of ``--repeats`` blocks of ``--steps`` iterations, the GPU synchronised at the end of
+each block, the contenders of a table taking turns. The exit status is pytest's (0 when the tests pass).
+No GPU figure has been recorded from this script yet: no GPU was available when it was written.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from metazoo import create_learner  # noqa: E402
+from metazoo.bench.common import interleaved_medians, machine, table  # noqa: E402
+from metazoo.data import EpisodeSampler, create_dataset, data_root  # noqa: E402
+
+BACKBONE = {"name": "conv4", "in_channels": 1, "width": 64, "image_size": 28, "pooling": False, "global_pool": True}
+WAYS, SHOTS, QUERIES, INNER_STEPS, INNER_LR, META_BATCH = 5, 1, 15, 5, 0.01, 4
+
+
+def synchronised(step, steps: int, device: torch.device):
+    """A block: ``step`` ``steps`` times, then wait for the GPU."""
+    def block() -> None:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return block
+
+
+def trainer_step(learner: nn.Module, batch: list):
+    """What the trainer does once: zero the gradients, ``meta_backward``, an Adam step."""
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        learner.meta_backward(batch)
+        optimizer.step()
+    return step
+
+
+def maml(batch_tasks: bool, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return create_learner("maml", backbone=dict(BACKBONE), ways=WAYS, inner_steps=INNER_STEPS, inner_lr=INNER_LR,
+                          batch_tasks=batch_tasks).to(device)
+
+
+def training_rows(train, args) -> list[list[str]]:
+    batch = [e.to(args.device) for e in EpisodeSampler(train, WAYS, SHOTS, QUERIES, seed=0, episodes=META_BATCH)]
+    torch.manual_seed(0)
+    protonet = create_learner("protonet", backbone=dict(BACKBONE)).to(args.device)
+    blocks = {"ProtoNet training step (meta-batch 1)": trainer_step(protonet, batch[:1]),
+              "MAML meta-iteration, metazoo batched": trainer_step(maml(True, args.device), batch),
+              "MAML meta-iteration, metazoo task by task": trainer_step(maml(False, args.device), batch)}
+    return timed_rows(blocks, args, "iteration")
+
+
+def sampling_rows(train, args) -> list[list[str]]:
+    host = EpisodeSampler(train, WAYS, SHOTS, QUERIES, seed=0)
+    count = iter(range(10 ** 9))
+    blocks = {"episode sampling on the host, copied to the device": lambda: host[next(count)].to(args.device)}
+    try:
+        on_gpu = copy.copy(train)
+        on_gpu.images = train.images.to(args.device)  # the uint8 cache, moved once
+        device = EpisodeSampler(on_gpu, WAYS, SHOTS, QUERIES, seed=0)
+        device[0]
+        blocks["episode sampling from images on the device"] = lambda: device[next(count)]
+    except (RuntimeError, TypeError) as err:  # the sampler may not take a GPU cache yet
+        print(f"episode sampling from images on the device: not possible here ({str(err).splitlines()[0]})")
+    return timed_rows(blocks, args, "episode")
+
+
+def timed_rows(blocks: dict, args, unit: str) -> list[list[str]]:
+    blocks = {name: synchronised(step, args.steps, args.device) for name, step in blocks.items()}
+    for block in blocks.values():  # warm up: cuDNN's algorithm choice, the caching allocator
+        block()
+    medians = interleaved_medians(blocks, args.repeats)
+    return [[name, f"{1000 * s / args.steps:.2f} ms", f"{args.steps / s:.1f}", unit] for name, s in medians.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-root", help="data root holding omniglot/ (default: $METAZOO_DATA, else ~/.metazoo/data)")
+    p.add_argument("--skip-tests", action="store_true", help="only the timings")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per row (median reported)")
+    p.add_argument("--steps", type=int, default=10, help="iterations per timed block")
+    p.add_argument("--device", type=torch.device, default=torch.device("cuda"), help="cuda (default), cuda:N, cpu")
+    args = p.parse_args(argv)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to check")
+        return 0
+    status = 0
+    if not args.skip_tests and args.device.type == "cuda":
+        start = time.perf_counter()
+        status = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py",
+                                 "-p", "no:cacheprovider"], cwd=REPO).returncode
+        print(f"GPU tests: exit status {status} in {time.perf_counter() - start:.0f} s\n")
+    train = create_dataset("omniglot", split="train", root=data_root(args.data_root))
+    rows = training_rows(train, args) + sampling_rows(train, args)
+    name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
+    print(f"\n{name}; {machine()}\n")
+    print(table(["what", "time per item", "items/s", "item"], rows))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

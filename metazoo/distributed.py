@@ -1,0 +1,136 @@
+"""Several processes, one run: torchrun's environment, the process group, and the few collectives that the
+trainer and evaluation use.
+
+``torchrun --nproc_per_node=N -m metazoo.cli train CONFIG`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment. With
+``WORLD_SIZE`` > 1, :func:`session` joins them (NCCL on CUDA, gloo otherwise); rank ``r`` of ``R``
+takes items ``r, r + R, ...`` of each step's items (:func:`shard`), its gradient is weighted by its
+share of them and summed over the ranks (:func:`reduce_step`), so the result is one process's mean,
+and evaluation gathers every rank's per-episode scores back into episode order (:func:`gather`).
+Without ``WORLD_SIZE`` (one process) every function here is the identity, so there is one code path.
+See docs/distributed.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Processes in the run (``WORLD_SIZE``; 1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank (``RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (``LOCAL_RANK``): the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", str(rank())))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes checkpoints, metrics, config.toml and results."""
+    return rank() == 0
+
+
+def check_meta_batch(meta_batch_size: int) -> None:
+    """Each rank takes an equal share of a step's items: the meta-batch must divide by the processes."""
+    processes = world_size()
+    if meta_batch_size % processes:
+        raise ValueError(f"train.meta_batch_size = {meta_batch_size} does not divide by the {processes} processes "
+                         f"(WORLD_SIZE): each process takes an equal share of a step's items; choose a meta-batch "
+                         f"that is a multiple of {processes}, or another number of processes")
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: with several processes, ``cuda`` (no index) means GPU ``LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        return torch.device("cuda", local_rank())
+    return device
+
+
+@contextlib.contextmanager
+def session(device: torch.device) -> Iterator[object]:
+    """Join the process group for the duration, when ``WORLD_SIZE`` > 1 and not joined already (NCCL for
+    CUDA devices, gloo otherwise); leave it after. Yields the group for host-side agreements (:func:`most`):
+    a gloo group beside NCCL, else None (the default group)."""
+    if world_size() == 1 or dist.is_initialized():
+        yield None
+        return
+    nccl = device.type == "cuda"
+    if nccl:
+        torch.cuda.set_device(local_device(device))
+    dist.init_process_group("nccl" if nccl else "gloo")
+    try:
+        yield dist.new_group(backend="gloo") if nccl else None
+    finally:
+        dist.destroy_process_group()
+
+
+def _joined() -> bool:
+    if world_size() == 1:
+        return False
+    if not dist.is_initialized():
+        raise RuntimeError(f"WORLD_SIZE = {world_size()} but this process has not joined the process group: "
+                           "run inside metazoo.distributed.session (meta_train and test_run do)")
+    return True
+
+
+def shard(indices: Sequence) -> Sequence:
+    """This rank's share of ``indices``: items ``r, r + R, r + 2R, ...`` (all of them for one process)."""
+    return indices[rank()::world_size()]
+
+
+def gather(values: list) -> list:
+    """Every rank's ``values`` (its :func:`shard` of a list) on every rank, put back in the list's order."""
+    if not _joined():
+        return values
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, values)
+    return [part[k] for k in range(len(parts[0])) for part in parts if k < len(part)]
+
+
+def reduce_step(parameters: Iterable[torch.Tensor], buffers: Iterable[torch.Tensor], stats: dict,
+                share: float) -> dict:
+    """Sum over ranks of ``share`` x each rank's gradients, floating buffers (BatchNorm's running statistics)
+    and metrics, in one all-reduce; ``share`` is the rank's fraction of the step's items, so gradients and
+    metrics become the mean over all the step's items, as one process computes it. Returns the metrics.
+    Every rank must hold gradients for the same parameters (true of one model running the same code)."""
+    if not _joined():
+        return stats
+    grads = [p.grad for p in parameters if p.grad is not None]
+    buffers = [b for b in buffers if b.is_floating_point()]
+    keys = sorted(stats)
+    device = (grads or buffers)[0].device if grads or buffers else torch.device("cpu")
+    metrics = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32, device=device) for k in keys])
+    flat = torch.cat([t.reshape(-1).float() for t in (*grads, *buffers)] + [metrics]) * share
+    dist.all_reduce(flat)
+    start = 0
+    for t in (*grads, *buffers):
+        t.copy_(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return dict(zip(keys, flat[start:]))
+
+
+def most(value: int, host_group: object = None) -> int:
+    """The largest of the ranks' ``value`` (e.g. a reason to stop), agreed on the host (``host_group``: the
+    gloo group :func:`session` yields beside NCCL), so without a device sync."""
+    if not _joined():
+        return value
+    on_device = host_group is None and dist.get_backend() == "nccl"  # a group joined outside :func:`session`
+    flag = torch.tensor([value], device=torch.device("cuda", torch.cuda.current_device()) if on_device else None)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group)
+    return int(flag)
+
+
+def barrier() -> None:
+    """Wait until every rank is here (e.g. until rank 0 has written what the others read next)."""
+    if _joined():
+        dist.barrier()

@@ -1,0 +1,102 @@
+"""MANN (Santoro et al. 2016): a sequence learner with an LRU-access external memory (the sequence
+view of an episode: :mod:`metazoo.learners.blackbox`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blackbox import SequenceLearner
+
+
+# MANN's memory maths (each (batch, ...) tensor; tested against hand computations)
+def cosine_weights(keys: torch.Tensor, memory: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Content addressing: softmax over slots of cosine(key, slot). keys (B, H, W), memory (B, N, W) -> (B, H, N)."""
+    similarity = F.normalize(keys, dim=-1, eps=eps) @ F.normalize(memory, dim=-1, eps=eps).transpose(1, 2)
+    return similarity.softmax(-1)
+
+
+def usage_update(usage: torch.Tensor, read: torch.Tensor, write: torch.Tensor, gamma: float) -> torch.Tensor:
+    """w^u_t = gamma * w^u_{t-1} + sum over heads of (w^r_t + w^w_t). usage (B, N), read and write (B, H, N)."""
+    return gamma * usage + read.sum(1) + write.sum(1)
+
+
+def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
+    """w^lu: 1 at the ``n`` slots of smallest usage, 0 elsewhere (ties broken by position). (B, N) -> (B, N)."""
+    slots = usage.topk(n, dim=-1, largest=False).indices
+    return torch.zeros_like(usage).scatter_(-1, slots, 1.0)
+
+
+def write_weights(previous_read: torch.Tensor, previous_least_used: torch.Tensor,
+                  gate: torch.Tensor) -> torch.Tensor:
+    """w^w_t = sigmoid(alpha) * w^r_{t-1} + (1 - sigmoid(alpha)) * w^lu_{t-1}.
+
+    previous_read (B, H, N), previous_least_used (B, N), gate alpha (B, H) -> (B, H, N)."""
+    g = torch.sigmoid(gate)[..., None]
+    return g * previous_read + (1 - g) * previous_least_used[:, None]
+
+
+class MANN(SequenceLearner):
+    """Memory-Augmented Neural Network (Santoro, Bartunov, Botvinick, Wierstra & Lillicrap, ICML 2016).
+
+    An LSTM controller reads ``[x_t, label_t, r_{t-1}]``; each of ``heads`` heads emits a key
+    ``k_t`` and a write gate ``alpha_t``. Memory ``M`` has ``slots`` rows of ``slot_size``, zero at the
+    start of every sequence (episode). Per step, as in the paper:
+
+    - the least-used slot of ``w^u_{t-1}`` is erased, then ``M_t = M_{t-1} + w^w_t^T k_t`` with
+      ``w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}`` (least-recently-used access);
+    - reads ``w^r_t = softmax(cosine(k_t, M_t))``, ``r_t = w^r_t M_t``;
+    - usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``; ``w^lu_t`` marks the ``heads`` least-used slots;
+    - logits from ``[h_t, r_t]``.
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
+                 slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
+                 online: bool = False, bn: str = "running") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn)
+        self.hidden, self.slots, self.slot_size, self.heads, self.gamma = hidden, slots, slot_size, heads, gamma
+        self.controller = nn.LSTMCell(self.input_size + heads * slot_size, hidden)
+        self.keys = nn.Linear(hidden, heads * slot_size)
+        self.gates = nn.Linear(hidden, heads)
+        self.out = nn.Linear(hidden + heads * slot_size, ways)
+
+    def initial_state(self, batch: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        zeros = like.new_zeros
+        least = least_used(zeros(batch, self.slots), self.heads)
+        return {"h": zeros(batch, self.hidden), "c": zeros(batch, self.hidden),
+                "memory": zeros(batch, self.slots, self.slot_size), "reads": zeros(batch, self.heads * self.slot_size),
+                "read_weights": zeros(batch, self.heads, self.slots), "usage": zeros(batch, self.slots),
+                "least_used": least}
+
+    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One time step: x (B, features + ways) -> logits (B, ways), next state."""
+        batch = len(x)
+        h, c = self.controller(torch.cat([x, state["reads"]], -1), (state["h"], state["c"]))
+        keys = self.keys(h).view(batch, self.heads, self.slot_size)
+        write = write_weights(state["read_weights"], state["least_used"], self.gates(h))
+        erase = least_used(state["usage"], 1)  # the paper zeroes the one least-used slot of w^u_{t-1}
+        memory = state["memory"] * (1 - erase)[..., None]
+        memory = memory + write.transpose(1, 2) @ keys
+        read_weights = cosine_weights(keys, memory)
+        reads = (read_weights @ memory).flatten(1)
+        usage = usage_update(state["usage"], read_weights, write, self.gamma)
+        state = {"h": h, "c": c, "memory": memory, "reads": reads, "read_weights": read_weights, "usage": usage,
+                 "least_used": least_used(usage, self.heads)}
+        return self.out(torch.cat([h, reads], -1)), state
+
+    def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
+        state, outputs = self.initial_state(len(inputs), inputs), []
+        for t in range(inputs.shape[1]):
+            logits, state = self.step(inputs[:, t], state)
+            outputs.append(logits)
+        return torch.stack(outputs, 1)
+
+    def prefix_state(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state (controller, memory, reads, usage; batch 1) after ``context`` (T, features + ways)."""
+        state = self.initial_state(1, context)
+        for x in context:
+            state = self.step(x[None], state)[1]
+        return state
+
+    def continue_from(self, state: dict[str, torch.Tensor], steps: torch.Tensor) -> torch.Tensor:
+        return self.step(steps, {k: v.expand(len(steps), *v.shape[1:]) for k, v in state.items()})[0]

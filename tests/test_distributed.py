@@ -1,0 +1,149 @@
+"""Training and evaluation across processes (torch.distributed, gloo on the CPU) give what one process gives.
+
+One 2-process group (``torch.multiprocessing.spawn``) trains ProtoNet, trains MAML in two sessions (the
+second ``--resume``s), and evaluates a one-process run; the one-process references run in the test
+process. Each rank takes items ``r, r + 2, ...`` of every step's meta-batch; gradients are averaged.
+"""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from metazoo.config import from_dict
+from metazoo.trainer import meta_train
+from metazoo.trainer import test_run as reevaluate
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 4
+# SGD, whose update is the averaged gradient itself. (Adam would turn the float noise of gradients that are 0
+# in exact arithmetic, a conv bias before BatchNorm, into steps of size lr and random sign, in any two runs.)
+# BatchNorm's running statistics: each rank's moving average over its share, averaged over the ranks, so
+# not one process's moving average over all the items (docs/distributed.md); MAML (transductive) keeps none
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def tiny(data_root, learner: str, **train) -> dict:
+    return {"learner": {"name": learner}, "data": {"dataset": "omniglot", "root": str(data_root)},
+            "backbone": {"name": "conv4", "width": 8},
+            "train": {"steps": STEPS, "ways": 5, "queries": 2, "meta_batch_size": 2, "val_every": 2,
+                      "val_episodes": 3, "log_every": 1, "device": "cpu", **train},
+            "optim": {"name": "sgd", "lr": 0.1},  # see below
+            "eval": {"episodes": 5}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank: int, world: int, port: int, jobs: list) -> None:
+    """One rank of the group: torchrun's environment, one process-group session, the jobs in order."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from metazoo import distributed
+
+    with distributed.session(torch.device("cpu")):
+        for job, *args in jobs:
+            if job == "train":
+                config, run_dir, resume = args
+                meta_train(from_dict(config), run_dir, resume=resume, progress=False)
+            elif job == "eval":  # a run's last weights, the result written by rank 0 to `out`
+                run_dir, out = args
+                result = reevaluate(run_dir, "last", write=False)
+                if distributed.is_main():
+                    with open(out, "w") as f:
+                        json.dump(result.to_dict(), f)
+            else:  # "reduce": rank r contributes gradients r + 1, buffers 10 (r + 1), its metrics, with share 1/2
+                reduce_once(rank, *args)
+
+
+def reduce_once(rank: int, out: str) -> None:
+    from metazoo import distributed
+
+    with_grad, without = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    with_grad.grad = torch.full((3,), rank + 1.0)
+    buffer, count = torch.full((2,), 10.0 * (rank + 1)), torch.tensor(rank + 1)  # count: not a float, kept
+    stats = distributed.reduce_step([with_grad, without], [buffer, count],
+                                    {"loss": torch.tensor(float(rank)), "accuracy": 0.5 + 0.5 * rank}, 0.5)
+    if distributed.is_main():
+        with open(out, "w") as f:
+            json.dump({"grad": with_grad.grad.tolist(), "no_grad": without.grad is None, "buffer": buffer.tolist(),
+                       "count": int(count), "stats": {k: float(v) for k, v in stats.items()}}, f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    """One process: ProtoNet and MAML for STEPS steps. Two processes: the same, MAML stopped at step 2 and
+    resumed, an evaluation of the one-process ProtoNet run, and one reduction of made-up gradients."""
+    root = tmp_path_factory.mktemp("distributed")
+    torch.set_num_threads(1)
+    for learner in ("protonet", "maml"):
+        meta_train(from_dict(tiny(data_root, learner)), root / "one" / learner, progress=False)
+    jobs = [("train", tiny(data_root, "protonet"), str(root / "two" / "protonet"), False),
+            ("train", tiny(data_root, "maml", steps=2), str(root / "two" / "maml"), False),
+            ("train", tiny(data_root, "maml"), str(root / "two" / "maml"), True),
+            ("eval", str(root / "one" / "protonet"), str(root / "two" / "eval.json")),
+            ("reduce", str(root / "two" / "reduce.json"))]
+    mp.spawn(rank_main, args=(2, free_port(), jobs), nprocs=2)
+    return root
+
+
+def weights(run_dir, skip=BUFFERS) -> dict:
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["step"] == STEPS
+    return {k: v for k, v in state["learner"].items() if not k.endswith(skip)}
+
+
+@pytest.mark.parametrize("learner", ["protonet", "maml"])
+def test_two_processes_train_the_weights_one_process_does(runs, learner):
+    one, two = weights(runs / "one" / learner), weights(runs / "two" / learner)
+    assert one.keys() == two.keys() and one
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    rows = [json.loads(line) for line in (runs / "two" / learner / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))  # rank 0 alone wrote
+    reference = [json.loads(line) for line in (runs / "one" / learner / "metrics.jsonl").read_text().splitlines()]
+    for mine, theirs in zip(rows, reference):  # the logged loss is the whole meta-batch's
+        if mine["split"] == "train":
+            assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
+def test_the_step_reduction_averages_gradients_buffers_and_metrics_by_share(runs):
+    reduced = json.loads((runs / "two" / "reduce.json").read_text())
+    assert reduced == {"grad": [1.5, 1.5, 1.5], "no_grad": True, "buffer": [15.0, 15.0], "count": 1,
+                       "stats": {"accuracy": 0.75, "loss": 0.5}}
+
+
+def test_evaluation_across_two_processes_equals_one_process(runs):
+    mine = reevaluate(runs / "one" / "protonet", "last", write=False)
+    theirs = json.loads((runs / "two" / "eval.json").read_text())
+    assert theirs["episodes"] == mine.episodes == 5  # 3 episodes on rank 0, 2 on rank 1, gathered in order
+    assert (theirs["mean"], theirs["ci95"]) == (mine.mean, mine.ci95)
+    assert theirs["loss"] == pytest.approx(mine.loss, rel=1e-6)
+    assert theirs["protocol"] == mine.protocol
+    assert mine.device == "cpu" and theirs["device"] == "2 x cpu"  # where it ran is recorded
+    result = json.loads((runs / "two" / "maml" / "result.json").read_text())
+    assert result["device"] == "2 x cpu" and result["episodes"] == 5
+
+
+def test_a_meta_batch_that_does_not_divide_by_the_processes_fails_at_start(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="meta_batch_size = 3 does not divide by the 2 processes"):
+        meta_train(from_dict(tiny(data_root, "protonet", meta_batch_size=3)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # before any process group or directory
+
+
+def test_a_multitask_objective_is_refused_across_processes(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    config = tiny(data_root, "multitask")
+    with pytest.raises(ValueError, match="'multitask' cannot train across processes"):
+        meta_train(from_dict(config), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,110 @@
+"""Devices: a missing one is a one-line error; on CUDA (``-m gpu``, skipped without it) a training step and a
+MAML meta-iteration give the CPU's loss and gradients, and a run trains, records its device and reloads on
+the CPU. experiments/benchmarks/gpu_check.py runs these on a GPU machine."""
+import pytest
+import torch
+
+from metazoo import create_learner
+from metazoo.cli import main
+from metazoo.config import from_dict
+from metazoo.data import EpisodeSampler
+from metazoo.errors import NonFiniteLossError
+from metazoo.trainer import meta_train
+from metazoo.trainer import test_run as reevaluate
+
+from .test_contract import CONFIG
+
+BACKBONE = {"name": "conv4", "in_channels": 1, "width": 16, "image_size": 28}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "mps"])
+def test_a_missing_device_is_one_line_naming_the_devices_there_are(tmp_path, capsys, device):
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has mps")
+    assert main(["train", CONFIG, "-o", str(tmp_path / "run"), "--device", device, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metazoo: error: device '{device}' is not available here") and "available: cpu" in err
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def full_float32():
+    """No TF32 in CUDA convolutions and matmuls (on by default for convolutions), so CPU and GPU agree."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def one_step(device: str, name: str, episodes: list, **settings) -> tuple[float, dict]:
+    """The loss and gradients of one meta-batch on ``device``, from the same initial weights."""
+    torch.manual_seed(0)
+    learner = create_learner(name, backbone=dict(BACKBONE), **settings).to(device)
+    learner.train()
+    stats = learner.meta_backward([e.to(device) for e in episodes])
+    return float(stats["loss"]), {n: p.grad.cpu() for n, p in learner.named_parameters() if p.grad is not None}
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,settings", [("protonet", {}), ("maml", {"ways": 5}),
+                                           ("maml", {"ways": 5, "batch_tasks": False})],
+                         ids=["protonet", "maml-batched", "maml-task-by-task"])
+def test_a_training_step_on_cuda_gives_the_cpu_loss_and_gradients(omniglot, full_float32, name, settings):
+    episodes = list(EpisodeSampler(omniglot["train"], 5, 1, 5, seed=0, episodes=4))
+    cpu_loss, cpu_grads = one_step("cpu", name, episodes, **settings)
+    gpu_loss, gpu_grads = one_step("cuda", name, episodes, **settings)
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-4)
+    assert gpu_grads.keys() == cpu_grads.keys()
+    for key, grad in cpu_grads.items():  # (a conv bias before BatchNorm has a gradient of float noise: atol)
+        torch.testing.assert_close(gpu_grads[key], grad, rtol=1e-3, atol=1e-5, msg=key)
+
+
+def tiny(data_root, **train) -> object:
+    return from_dict({"data": {"dataset": "omniglot", "root": str(data_root)},
+                      "backbone": {"name": "conv4", "width": 8},
+                      "train": {"steps": 4, "ways": 5, "queries": 2, "val_every": 2, "val_episodes": 3, "log_every": 2,
+                                "device": "cuda", **train},
+                      "eval": {"episodes": 4}})
+
+
+def test_the_deferred_loss_check_of_a_gpu_stops_at_the_next_check(tmp_path, data_root, monkeypatch):
+    """What a GPU run does (no host sync per step), tried on the CPU: the first non-finite step is named."""
+    from metazoo import trainer
+
+    def deferred(*args, **kwargs):
+        run = prepare(*args, **kwargs)
+        run.check_every_step = False
+        return run
+    prepare = trainer.prepare
+    monkeypatch.setattr(trainer, "prepare", deferred)
+    config = tiny(data_root, device="cpu", steps=6, log_every=3, val_every=3)
+    config.optim.lr = float("inf")  # finite at step 1, not from step 2 on
+    with pytest.raises(NonFiniteLossError, match="step 2: the training loss is nan; the run stopped at step 3, "
+                                                 "where it was checked"):
+        meta_train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_run_trains_on_cuda_records_it_and_reloads_on_the_cpu(tmp_path, data_root):
+    summary = meta_train(tiny(data_root), tmp_path / "run", progress=False)
+    assert summary["test"]["device"].startswith("cuda") and summary["steps"] == 4
+    again = reevaluate(tmp_path / "run", overrides=["train.device=cpu"], write=False)
+    assert again.device == "cpu" and "overrides" not in again.protocol  # where it ran is no test-time setting
+    assert again.mean == pytest.approx(summary["test"]["mean"], abs=0.05)
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_non_finite_loss_on_cuda_stops_at_the_next_check_before_a_checkpoint(tmp_path, data_root):
+    config = tiny(data_root, steps=6)
+    config.optim.lr = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"step \d: the training loss is"):
+        meta_train(config, tmp_path / "run", progress=False)
+    for name in ("best.pt", "last.pt"):
+        if (tmp_path / "run" / name).exists():
+            state = torch.load(tmp_path / "run" / name, weights_only=True)
+            assert all(torch.isfinite(v).all() for v in state["learner"].values() if v.is_floating_point()), name
