@@ -158,7 +158,17 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", parents=[plugin], help="every registry's entries with a line each, and the configs")
     s.set_defaults(func=cmd_list)
+    add_train(sub, plugin)
+    add_eval(sub, plugin)
+    add_reproduce(sub, plugin)
+    add_results(sub)
+    add_data(sub)
+    sub.add_parser("bench", add_help=False,
+                   help="speed benchmarks against learn2learn (see docs/benchmarks.md; `metazoo bench --help`)")
+    return p
 
+
+def add_train(sub, plugin: argparse.ArgumentParser) -> None:
     s = sub.add_parser("train", parents=[plugin], help="meta-train from a TOML config, then test the best checkpoint")
     s.add_argument("config")
     s.add_argument("-o", "--output", help="run directory (default runs/<config name>)")
@@ -171,6 +181,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
+
+def add_eval(sub, plugin: argparse.ArgumentParser) -> None:
     s = sub.add_parser("eval", parents=[plugin], help="evaluate a run's checkpoint on fixed test items")
     s.add_argument("run_dir", help="a run directory, or zoo:<dataset>/<name> for a model-zoo entry")
     s.add_argument("--dataset",
@@ -194,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+
+def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
     s = sub.add_parser("reproduce", parents=[plugin], help="train and test the paper cells (metazoo.published), "
                                                            "one record per cell")
     s.add_argument("selection", nargs="+", help="a dataset (omniglot, mini_imagenet), a learner (protonet), or cells "
@@ -211,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_reproduce)
 
+
+def add_results(sub) -> None:
     s = sub.add_parser("report", help="render result records (JSON Lines) as Markdown tables beside the papers")
     s.add_argument("paths", nargs="+", help="records files, or folders holding records.jsonl or *.jsonl")
     s.add_argument("--template", help="a Markdown page with <!-- report: DATASET --> markers to fill")
@@ -225,6 +241,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="figure file (.png or .svg)")
     s.set_defaults(func=cmd_plot)
 
+
+def add_data(sub) -> None:
     s = sub.add_parser("data", help="data utilities")
     data_sub = s.add_subparsers(dest="data_command", required=True)
     c = data_sub.add_parser("check", help="what is found under the data root, with counts, and every unreadable file "
@@ -236,10 +254,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--image-size", type=int, help="side of the decoded images (default: each dataset's own)")
     c.add_argument("--mode", choices=["L", "RGB"], help="image_folder: grey or colour (default RGB)")
     c.set_defaults(func=cmd_data_check)
-
-    sub.add_parser("bench", add_help=False,
-                   help="speed benchmarks against learn2learn (see docs/benchmarks.md; `metazoo bench --help`)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,18 @@ It holds ``config.toml`` (every resolved value, the data root included), ``last.
 ``best.pt`` (written atomically), ``metrics.jsonl`` (training and validation rows), ``result.json``
 (the latest evaluation with its protocol) and ``results.jsonl`` (every evaluation).
 :func:`load_run` is the one way back from a directory to a trained objective; the trainer (to
-test its best weights) and ``metazoo eval`` use it.
+test its best weights) and ``metazoo eval`` use it. Also here: what keeps a run directory honest
+while it trains (docs/reliability.md): the resume check, the metrics log and its truncation, the
+directory lock, and the signal handling.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +25,11 @@ import torch
 from .build import build_dataset, build_objective, resolve_config, resolve_device
 from .config import Config, apply_overrides, from_dict
 from .data import data_root as find_data_root
+from .errors import RunLockedError
+from .evaluate import json_text
 from .objective import Objective
+
+LOG = logging.getLogger("metazoo")
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.toml"
 RESULT, RESULTS = "result.json", "results.jsonl"
@@ -98,3 +110,124 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     state = load_checkpoint(run_dir / f"{checkpoint}.pt", device)
     objective.load_state_dict(state["learner"])
     return Run(run_dir, config, objective, checkpoint, int(state["step"]), device)
+
+
+RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
+             "train.tensorboard", "data.root")
+
+
+def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:
+    """Refuse to resume with a config that differs from the checkpoint's in anything but the step and
+    wall-clock budgets (and where it runs, how often it logs, where the data is): name the keys."""
+    saved, new = flatten_config(saved), flatten_config(new)
+    changed = [k for k in sorted(set(saved) & set(new)) if saved[k] != new[k] and k not in RESUMABLE]
+    if changed:
+        diffs = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {new[k]!r} now" for k in changed)
+        raise ValueError(f"cannot resume {run_dir} with another config ({diffs}); only {', '.join(RESUMABLE)} "
+                         "may change on --resume: train into another directory instead")
+
+
+def flatten_config(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and not prefix:  # sections; a section's own tables stay whole
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class MetricsLog:
+    """``metrics.jsonl`` rows, written as they come (and as TensorBoard scalars with ``train.tensorboard``)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, step: int, write: bool = True) -> None:
+        self.file = open(run_dir / METRICS, "a") if write else None  # (torchrun: rank 0 writes)
+        self.board = None
+        if tensorboard and write:
+            from .tensorboard import metrics_writer
+
+            self.board = metrics_writer(run_dir, purge_step=step + 1 if step else None)
+
+    def __call__(self, row: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json_text(row) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            self.board(row)
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint being resumed, so the log has no repeated steps, and a torn
+    last line (a process killed mid-write), with a warning."""
+    if not path.exists():
+        return
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            LOG.warning(f"{path}: dropping line {n}, cut short by an interrupted write")
+            continue
+        if row is not None and row["step"] <= step:
+            rows.append(line)
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``) for one training process at a time."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise RunLockedError(f"another process (pid {holder}) is training in {self.path.parent}; wait for it, "
+                                 "or train into another directory") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # closing releases the lock
+
+
+@contextlib.contextmanager
+def stop_on_signals(run):
+    """SIGINT and SIGTERM (Ctrl-C, preemption) ask the run to stop at the next step boundary, where it
+    writes a checkpoint; a second signal stops at once. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if run.stopped == "signal":
+            raise KeyboardInterrupt
+        run.stopped = "signal"
+        LOG.warning(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

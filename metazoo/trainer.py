@@ -9,11 +9,7 @@ processes a matter of giving each rank its share of those item indices.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +22,11 @@ from .build import build_dataset, build_objective, build_optimizer, resolve_conf
 from .config import Config, dump_toml
 from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RunExistsError, RunLockedError  # noqa: F401  (API)
-from .evaluate import EvalResult, evaluate, json_text, write_result
+from .evaluate import EvalResult, evaluate, write_result
 from .objective import Objective
 from .registry import OBJECTIVES, PROTOCOLS, load_plugins
-from .run import BEST, CONFIG, LAST, METRICS, load_checkpoint, load_run
+from .run import (BEST, CONFIG, LAST, METRICS, MetricsLog, RunLock, check_resumable, load_checkpoint, load_run,
+                  stop_on_signals, truncate_metrics)
 
 LOG = logging.getLogger("metazoo")
 
@@ -166,7 +163,7 @@ def begin(run: Training) -> None:
     if (run.run_dir / LAST).exists():
         restore(run)
     elif distributed.is_main():
-        _truncate_metrics(run.run_dir / METRICS, 0)
+        truncate_metrics(run.run_dir / METRICS, 0)
     if distributed.is_main():
         (run.run_dir / CONFIG).write_text(dump_toml(run.config.to_dict()))
 
@@ -201,32 +198,7 @@ def restore(run: Training) -> None:
     run.step, run.best = state["step"], state["best"]
     run.validated, run.seconds_before, run.started = run.step, state.get("train_seconds", 0.0), time.perf_counter()
     if distributed.is_main():
-        _truncate_metrics(run.run_dir / METRICS, run.step)
-
-
-RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
-             "train.tensorboard", "data.root")
-
-
-def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:
-    """Refuse to resume with a config that differs from the checkpoint's in anything but the step and
-    wall-clock budgets (and where it runs, how often it logs, where the data is): name the keys."""
-    saved, new = _flatten(saved), _flatten(new)
-    changed = [k for k in sorted(set(saved) & set(new)) if saved[k] != new[k] and k not in RESUMABLE]
-    if changed:
-        diffs = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {new[k]!r} now" for k in changed)
-        raise ValueError(f"cannot resume {run_dir} with another config ({diffs}); only {', '.join(RESUMABLE)} "
-                         "may change on --resume: train into another directory instead")
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and not prefix:  # sections; a section's own tables stay whole
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        truncate_metrics(run.run_dir / METRICS, run.step)
 
 
 STOPS = (None, "budget", "signal")  # reasons to stop, in the order the ranks agree on them (the last wins)
@@ -348,99 +320,3 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     if write and distributed.is_main():
         write_result(result, run.dir)
     return result
-
-
-class MetricsLog:
-    """``metrics.jsonl`` rows, written as they come (and as TensorBoard scalars with ``train.tensorboard``)."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool, step: int, write: bool = True) -> None:
-        self.file = open(run_dir / METRICS, "a") if write else None  # (torchrun: rank 0 writes)
-        self.board = None
-        if tensorboard and write:
-            from .tensorboard import metrics_writer
-
-            self.board = metrics_writer(run_dir, purge_step=step + 1 if step else None)
-
-    def __call__(self, row: dict) -> None:
-        if self.file is None:
-            return
-        self.file.write(json_text(row) + "\n")
-        self.file.flush()
-        if self.board is not None:
-            self.board(row)
-
-    def __enter__(self) -> "MetricsLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.board is not None:
-            self.board.close()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint being resumed, so the log has no repeated steps, and a torn
-    last line (a process killed mid-write), with a warning."""
-    if not path.exists():
-        return
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            LOG.warning(f"{path}: dropping line {n}, cut short by an interrupted write")
-            continue
-        if row is not None and row["step"] <= step:
-            rows.append(line)
-    path.write_text("".join(r + "\n" for r in rows))
-
-
-class RunLock:
-    """An exclusive lock on a run directory (``.lock``) for one training process at a time."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "?"
-            self.file.close()
-            raise RunLockedError(f"another process (pid {holder}) is training in {self.path.parent}; wait for it, "
-                                 "or train into another directory") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()  # closing releases the lock
-
-
-@contextlib.contextmanager
-def stop_on_signals(run: Training):
-    """SIGINT and SIGTERM (Ctrl-C, preemption) ask the run to stop at the next step boundary, where it
-    writes a checkpoint; a second signal stops at once. Only in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def ask(signum, frame):
-        if run.stopped == "signal":
-            raise KeyboardInterrupt
-        run.stopped = "signal"
-        LOG.warning(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
-
-    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

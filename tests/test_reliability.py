@@ -13,7 +13,8 @@ import torch
 
 from metazoo.config import ConfigError, from_dict
 from metazoo.errors import NonFiniteLossError, RunLockedError
-from metazoo.trainer import RunLock, meta_train
+from metazoo.run import RunLock
+from metazoo.trainer import meta_train
 
 REPO = Path(__file__).resolve().parents[1]
 
