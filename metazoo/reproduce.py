@@ -45,7 +45,7 @@ class Plan:
     run_dir: Path
     config: Config
     cells: list = field(default_factory=list)
-    evals: list = field(default_factory=list)  # per cell: the overrides of its [eval] section
+    evals: list = field(default_factory=list)  # per cell: its [eval] settings that differ from the run's
 
     @property
     def name(self) -> str:
@@ -81,7 +81,9 @@ def plan(cells: list, out: Path, overrides: list[str] = ()) -> list[Plan]:
             name = f"{cell.learner_id}_{cell.ways}w{cell.shots}s-{key}"
             plans[key] = Plan(out / cell.dataset / name, config)
         plans[key].cells.append(cell)
-        plans[key].evals.append([f"eval.{k}={json.dumps(v)}" for k, v in config.to_dict()["eval"].items()])
+        run_eval = plans[key].config.to_dict()["eval"]
+        plans[key].evals.append([f"eval.{k}={json.dumps(v)}" for k, v in config.to_dict()["eval"].items()
+                                 if v != run_eval[k]])  # what this cell tests differently from the run's own
     return list(plans.values())
 
 

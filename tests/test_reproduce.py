@@ -91,7 +91,8 @@ def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
             "from tests.test_reproduce import tiny_cells; from pathlib import Path; "
             f"reproduce(tiny_cells(Path({str(tmp_path)!r}), 60, 3), Path({str(tmp_path / 'out')!r}), "
             f"data_root={str(data_root)!r}, progress=False)")
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    threads = str(torch.get_num_threads())  # the same as this process's, which trains the straight run
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": threads})
     deadline = time.time() + 120
     while not (run_dir / "last.pt").exists() and time.time() < deadline and child.poll() is None:
         time.sleep(0.05)
