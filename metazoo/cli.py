@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def say(text: str) -> None:
+    """Print, from one process only under torchrun (rank 0 is the one that writes)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .registry import load_plugins
@@ -54,15 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.set, *([f"train.device={args.device}"] if args.device else [])])
     config.plugins = list(dict.fromkeys([*config.plugins, *args.plugin]))
     run_dir = Path(args.output or Path("runs") / Path(args.config).stem)
-    print(f"run: {run_dir} ({config.learner.get('name')} on {config.data.dataset}, {config.train.steps} steps)")
+    say(f"run: {run_dir} ({config.learner.get('name')} on {config.data.dataset}, {config.train.steps} steps)")
     summary = meta_train(config, run_dir, resume=args.resume, data_root=args.data_root,
                          progress=not args.quiet, test=not args.no_test)
-    print(f"best validation accuracy {100 * summary['best']['accuracy']:.2f}% at step {summary['best']['step']}; "
-          f"training took {summary['train_seconds']:.0f} s")
+    say(f"best validation accuracy {100 * summary['best']['accuracy']:.2f}% at step {summary['best']['step']}; "
+        f"training took {summary['train_seconds']:.0f} s")
     if "test" in summary:
         from .evaluate import EvalResult
 
-        print(f"test: {EvalResult(**summary['test']).report()}\nwrote {run_dir / 'result.json'}")
+        say(f"test: {EvalResult(**summary['test']).report()}\nwrote {run_dir / 'result.json'}")
     return 0
 
 
@@ -81,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       [*overrides, *args.set], write=not zoo)
     where = "a model-zoo entry: nothing written" if zoo else \
         f"wrote {Path(args.run_dir) / 'result.json'} (and appended to results.jsonl)"
-    print(f"{result.report()}\n{where}")
+    say(f"{result.report()}\n{where}")
     return 0
 
 
