@@ -1,6 +1,7 @@
 """Speed benchmarks against learn2learn: episode sampling, a ProtoNet training step, a MAML meta-iteration.
 
-``metazoo bench`` (or ``python -m metazoo.bench``) prints, in one run, up to three Markdown tables:
+``metazoo bench`` (or ``python -m metazoo.bench``) prints, in one run, up to three Markdown tables
+(a fourth, (d) CPU scaling across processes, :mod:`metazoo.bench.scaling`, only with ``--only scaling``):
 
 (a) episodes/s of metazoo's ``EpisodeSampler`` against learn2learn on the same decoded tensors
     and against learn2learn's own Omniglot pipeline (:mod:`metazoo.bench.sampling`);
@@ -23,10 +24,11 @@ from typing import Sequence
 import torch
 
 from ..data import data_root
-from . import maml, sampling, training
+from . import maml, sampling, scaling, training
 from .common import bullets, machine, table
 
-TABLES = ("sampling", "training", "maml")
+DEFAULT_TABLES = ("sampling", "training", "maml")
+TABLES = (*DEFAULT_TABLES, "scaling")  # scaling (minutes of subprocess training) only with --only
 
 
 def names(choices: Sequence[str]):
@@ -44,8 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metazoo bench", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", help="data root holding omniglot/ (and caltech101/ for the 84x84 MAML rows); "
                                        "default: $METAZOO_DATA, else ~/.metazoo/data")
-    p.add_argument("--only", type=names(TABLES), default=list(TABLES), metavar="TABLES",
-                   help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: all)")
+    p.add_argument("--only", type=names(TABLES), default=list(DEFAULT_TABLES), metavar="TABLES",
+                   help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: all but "
+                        "scaling, CPU throughput of 1 or 2 processes, metazoo.bench.scaling)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")
@@ -110,5 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rows, notes = maml.maml_rows(args, root)
             print(f"{table(maml.header(args.maml_memory), rows)}\n\n{bullets(notes)}\n", flush=True)
+    if "scaling" in args.tables:
+        print(scaling.report(root), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0
