@@ -19,10 +19,11 @@ EVAL_FLAGS = ("split", "ways", "shots", "queries", "episodes", "seed", "protocol
 def config_files() -> list[Path]:
     """Runnable configs: ``experiments/**/*.toml`` under the working directory and, for a source
     checkout, beside the package (base configs in ``base/`` folders are not runnable cells)."""
-    roots = [Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"]
+    from .config import experiments_roots
+
     seen: dict[Path, Path] = {}
-    for root in roots:
-        for path in sorted(root.glob("**/*.toml")) if root.is_dir() else ():
+    for root in experiments_roots():
+        for path in sorted(root.glob("**/*.toml")):
             if "base" not in path.relative_to(root).parts[:-1]:
                 seen.setdefault(path.resolve(), path)
     return list(seen.values())

@@ -363,6 +363,16 @@ def _load_values(path: Path, chain: tuple[Path, ...]) -> dict:
     return merge(merged, values)
 
 
+def experiments_roots() -> list[Path]:
+    """The ``experiments/`` folders (configs, bases, the model zoo): the working directory's, then the one
+    beside the package in a source checkout; only those that exist."""
+    found: dict[Path, Path] = {}
+    for root in (Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"):
+        if root.is_dir():
+            found.setdefault(root.resolve(), root)
+    return list(found.values())
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a TOML config file (its ``extends`` resolved), apply dotted overrides, check it all."""
     return from_dict(apply_overrides(load_values(path), list(overrides)))

@@ -34,6 +34,7 @@ class Objective(nn.Module):
     """
 
     bn_modes: tuple[str, ...] = BN_MODES
+    loss_is_item_mean = True  # a step's loss is the mean over its items, so processes can split the items
 
     def __init__(self, bn: str = "running") -> None:
         super().__init__()

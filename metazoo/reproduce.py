@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import Config, dump_toml, load_config
+from .config import Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
 from .results import read_records
@@ -54,10 +54,10 @@ class Plan:
 
 def experiments_dir() -> Path:
     """The configs: ./experiments, else the folder beside the package (a source checkout)."""
-    for root in (Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"):
-        if root.is_dir():
-            return root
-    raise FileNotFoundError("no experiments/ folder here or beside the package: run from a metazoo checkout")
+    roots = experiments_roots()
+    if not roots:
+        raise FileNotFoundError("no experiments/ folder here or beside the package: run from a metazoo checkout")
+    return roots[0]
 
 
 def training_key(config: Config) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .build import build_dataset, build_objective, resolve_config, resolve_device
-from .config import Config, apply_overrides, from_dict
+from .config import Config, apply_overrides, experiments_roots, from_dict
 from .data import data_root as find_data_root
 from .errors import RunLockedError
 from .evaluate import json_text
@@ -72,8 +72,7 @@ def resolve_run_dir(name: str | Path) -> Path:
 
 def zoo_roots() -> list[Path]:
     """Where model-zoo entries are looked for: ./experiments/zoo, then the one beside the package."""
-    roots = [Path("experiments") / "zoo", Path(__file__).resolve().parents[1] / "experiments" / "zoo"]
-    return [r for r in dict.fromkeys(roots) if r.is_dir()]
+    return [root / "zoo" for root in experiments_roots() if (root / "zoo").is_dir()]
 
 
 def read_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

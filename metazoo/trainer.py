@@ -24,7 +24,8 @@ from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RunExistsError, RunLockedError  # noqa: F401  (API)
 from .evaluate import EvalResult, evaluate, write_result
 from .objective import Objective
-from .registry import OBJECTIVES, PROTOCOLS, load_plugins
+from .learners import objective_factory
+from .registry import PROTOCOLS, load_plugins
 from .run import (BEST, CONFIG, LAST, METRICS, MetricsLog, RunLock, check_resumable, load_checkpoint, load_run,
                   stop_on_signals, truncate_metrics)
 
@@ -132,13 +133,13 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
 
 
 def check_processes(config: Config) -> None:
-    """Under torchrun, before the processes join: the meta-batch divides by them, and the objective is a
-    few-shot learner, whose step loss is the mean over the step's items (so the mean of the ranks' means);
-    another objective's (multi-task: task weightings, a penalty) is not."""
+    """Under torchrun, before the processes join: the meta-batch divides by them, and the objective
+    declares its step loss the mean over the step's items (``loss_is_item_mean``: so the mean of
+    the ranks' means); the multi-task objective's (task weightings, a penalty) is not."""
     distributed.check_meta_batch(config.train.meta_batch_size)
     load_plugins(config.plugins)
     name = config.learner.get("name", "protonet")
-    if distributed.world_size() > 1 and name in OBJECTIVES:
+    if distributed.world_size() > 1 and not objective_factory(name).loss_is_item_mean:
         raise ValueError(f"learner {name!r} cannot train across processes: its step's loss is not a mean over "
                          "the step's items (task weightings, a penalty); train it in one process")
 

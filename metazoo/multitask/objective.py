@@ -45,6 +45,8 @@ class MultiTaskObjective(Objective):
             set for few-shot transfer, as :class:`~metazoo.learners.transfer.Baseline` does.
     """
 
+    loss_is_item_mean = False  # task weightings and the penalty: not a mean over the step's task batches
+
     def __init__(self, backbone: nn.Module, outputs: Sequence[int] = (5,), losses: Sequence[str] | None = None,
                  descriptor_size: int | None = None, sharing: str = "film", hidden: int = 256,
                  weighting: str = "static", weights: Sequence[float] | None = None, temperature: float = 2.0,
