@@ -15,9 +15,23 @@ from .registry import BACKBONES, OPTIMIZERS, SCHEDULES, accepted_kwargs, load_pl
 
 
 def build_dataset(config: Config, split: str, root: str | Path | None = None) -> FewShotDataset:
-    """One split of the configured dataset; ``root`` (e.g. ``--data-root``) wins over ``data.root``."""
+    """One split of the configured dataset, its uint8 images on :func:`image_device` (moved there once, here:
+    the run's training, validation and test items all come from here); ``root`` (e.g. ``--data-root``) wins
+    over ``data.root``."""
     root = root if root is not None else config.data.root
-    return create_dataset(config.data.dataset, split=split, root=root, **config.data.options)
+    dataset = create_dataset(config.data.dataset, split=split, root=root, **config.data.options)
+    return dataset.to(image_device(config, resolve_device(config.train.device)))
+
+
+def image_device(config: Config, device: torch.device) -> torch.device:
+    """Where a run on ``device`` keeps its datasets' uint8 images: on ``device`` itself, so that episodes are
+    gathered there and only their classes and image indices cross from the host; on the CPU with
+    ``train.num_workers`` > 0 (the workers draw and gather the episodes in other processes, which cannot
+    index a GPU's tensors: CUDA does not survive a fork, and each worker would hold its own copy), and for
+    objectives whose items index the images on the CPU (``gathers_on_device`` false: multi-task batches)."""
+    load_plugins(config.plugins)
+    gathers = objective_factory(config.learner.get("name", "protonet")).gathers_on_device
+    return device if gathers and config.train.num_workers == 0 else torch.device("cpu")
 
 
 def resolve_config(config: Config, train_set: FewShotDataset, root: str | Path | None = None) -> Config:
@@ -45,10 +59,13 @@ def resolve_config(config: Config, train_set: FewShotDataset, root: str | Path |
 
 
 def build_objective(config: Config) -> Objective:
-    """The learner or objective of a resolved config (:func:`resolve_config`) around its backbone."""
+    """The learner or objective of a resolved config (:func:`resolve_config`) around its backbone; one that
+    is not sound under the config's ``train.amp`` (``amp_modes``) is refused."""
     load_plugins(config.plugins)
     learner = dict(config.learner)
-    return create_objective(learner.pop("name", "protonet"), backbone=dict(config.backbone), **learner)
+    name = learner.pop("name", "protonet")
+    objective_factory(name).check_amp(config.train.amp, name)
+    return create_objective(name, backbone=dict(config.backbone), **learner)
 
 
 def build_optimizer(config: Config, objective: Objective):

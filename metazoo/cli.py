@@ -270,13 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="metazoo: %(message)s")
-    from .errors import Interrupted, NonFiniteLossError, RunLockedError
+    from .errors import Interrupted, NonFiniteLossError, RankLostError, RunLockedError
     try:
         return args.func(args)
     except Interrupted as err:
         print(f"metazoo: {err}", file=sys.stderr)
         return 130
-    except (NonFiniteLossError, RunLockedError) as err:
+    except (NonFiniteLossError, RunLockedError, RankLostError) as err:
         print(f"metazoo: error: {err}", file=sys.stderr)
         return 2
     except (KeyError, TypeError, ValueError, FileNotFoundError, FileExistsError, ImportError) as err:

@@ -105,8 +105,15 @@ class TrainConfig:
                                  "and on the progress bar.", least=1)
     device: str = setting("auto", '`"auto"`: CUDA when available, else CPU; or `"cpu"`, `"cuda"`, `"cuda:N"` '
                                   '(GPU N), `"mps"`.', form=(r"auto|cpu|mps|cuda(:\d+)?", DEVICES))
+    amp: Literal["off", "bf16"] = setting(
+        "off", '`"bf16"`: bfloat16 autocast (convolutions and matrix products in bfloat16; weights, gradients and '
+               'losses in float32) of the training step and of evaluation, on any device; `"off"`: float32 '
+               "throughout. Recorded in every result as `amp`. The sequence learners with a carried state (`lstm`, "
+               "`mann`) refuse it (docs/distributed.md).")
     num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
-                                  "training process). The episodes are the same for any number.", least=0)
+                                  "training process, gathering them on the training device from images kept "
+                                  "there; with workers the images stay on the CPU). The episodes are the same for "
+                                  "any number.", least=0)
     tensorboard: bool = setting(False, "Also write the metrics rows as TensorBoard scalars into the run directory "
                                        "(needs the `tensorboard` extra: `pip install metazoo[tensorboard]`).")
 

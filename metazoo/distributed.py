@@ -6,18 +6,28 @@ trainer and evaluation use.
 ``WORLD_SIZE`` > 1, :func:`session` joins them (NCCL on CUDA, gloo otherwise); rank ``r`` of ``R``
 takes items ``r, r + R, ...`` of each step's items (:func:`shard`), its gradient is weighted by its
 share of them and summed over the ranks (:func:`reduce_step`), so the result is one process's mean,
-and evaluation gathers every rank's per-episode scores back into episode order (:func:`gather`).
+and evaluation gathers every rank's per-episode scores back into episode order (:func:`gather`). A collective
+that fails because another process died or stopped answering raises :class:`~metazoo.errors.RankLostError`.
 Without ``WORLD_SIZE`` (one process) every function here is the identity, so there is one code path.
 See docs/distributed.md.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import re
 from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+from .errors import RankLostError
+
+# How long a gloo collective waits for a process that neither answers nor closes its connections (a hung process,
+# a machine gone from the network): torch's default, stated here; NCCL keeps its own. A process that dies closes
+# its connections, and the others fail at once (:func:`collective`).
+TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def world_size() -> int:
@@ -67,11 +77,25 @@ def session(device: torch.device) -> Iterator[object]:
     nccl = device.type == "cuda"
     if nccl:
         torch.cuda.set_device(local_device(device))
-    dist.init_process_group("nccl" if nccl else "gloo")
+    dist.init_process_group("nccl" if nccl else "gloo", timeout=None if nccl else TIMEOUT)
     try:
         yield dist.new_group(backend="gloo") if nccl else None
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Around one collective (``what``): its failure, a backend error when another process died, closed its
+    connections or stopped answering within :data:`TIMEOUT`, becomes a :class:`~metazoo.errors.RankLostError`
+    naming this rank and what the backend saw (gloo: the peer's address), in one line."""
+    try:
+        yield
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        seen = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". This is typically")[0]  # (gloo's source line)
+        raise RankLostError(f"rank {rank()} of {world_size()}: the {what} across the processes failed ({seen}): "
+                            "another process of the run has died or stopped answering") from err
 
 
 def _joined() -> bool:
@@ -93,7 +117,8 @@ def gather(values: list) -> list:
     if not _joined():
         return values
     parts: list = [None] * world_size()
-    dist.all_gather_object(parts, values)
+    with collective("gathering of evaluation scores"):
+        dist.all_gather_object(parts, values)
     return [part[k] for k in range(len(parts[0])) for part in parts if k < len(part)]
 
 
@@ -111,7 +136,8 @@ def reduce_step(parameters: Iterable[torch.Tensor], buffers: Iterable[torch.Tens
     device = (grads or buffers)[0].device if grads or buffers else torch.device("cpu")
     metrics = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32, device=device) for k in keys])
     flat = torch.cat([t.reshape(-1).float() for t in (*grads, *buffers)] + [metrics]) * share
-    dist.all_reduce(flat)
+    with collective("gradient all-reduce"):
+        dist.all_reduce(flat)
     start = 0
     for t in (*grads, *buffers):
         t.copy_(flat[start:start + t.numel()].view_as(t))
@@ -126,11 +152,13 @@ def most(value: int, host_group: object = None) -> int:
         return value
     on_device = host_group is None and dist.get_backend() == "nccl"  # a group joined outside :func:`session`
     flag = torch.tensor([value], device=torch.device("cuda", torch.cuda.current_device()) if on_device else None)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group)
+    with collective("step agreement"):
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group)
     return int(flag)
 
 
 def barrier() -> None:
     """Wait until every rank is here (e.g. until rank 0 has written what the others read next)."""
     if _joined():
-        dist.barrier()
+        with collective("barrier"):
+            dist.barrier()

@@ -16,3 +16,7 @@ class Interrupted(Exception):
 
 class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite; the run stops before the optimiser takes it in."""
+
+
+class RankLostError(RuntimeError):
+    """Under torchrun, a collective failed: another process of the run died, or stopped answering."""

@@ -14,7 +14,7 @@ import torch
 from .data.sampling import EpisodeSampler
 from .data.storage import atomic_write_text
 from .distributed import is_main, world_size
-from .objective import Objective
+from .objective import Objective, autocast
 from .protocols import mean_ci95  # noqa: F401  (part of this module's API)
 from .registry import PROTOCOLS
 
@@ -30,7 +30,8 @@ class EvalResult:
     ``[mean, ci95]`` of the accuracy at the 1st, 2nd, ... presentation of a class; ``tasks``
     (multitask protocol only) maps each task to its metric on its held-out images: ``accuracy``
     with a binomial 95% interval for classification, ``mse`` for regression, and ``items``.
-    ``device``: where it ran (``cpu``, ``cuda:0``, ...; ``2 x cuda`` for two processes under torchrun).
+    ``device``: where it ran (``cpu``, ``cuda:0``, ...; ``2 x cuda`` for two processes under torchrun);
+    ``amp``: its arithmetic (``off``: float32; ``bf16``: bfloat16 autocast, ``train.amp``).
     """
 
     mean: float
@@ -42,6 +43,7 @@ class EvalResult:
     curve: list = field(default_factory=list)
     tasks: dict = field(default_factory=dict)
     device: str = ""
+    amp: str = "off"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,9 +74,10 @@ class EvalResult:
 
 
 def evaluate(objective: Objective, items, protocol: str = "episodic", device: torch.device | str = "cpu",
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, amp: str = "off") -> EvalResult:
     """Evaluate ``objective`` on the fixed ``items`` (e.g. an EpisodeSampler's episodes ``0 .. len - 1``)
-    by a registered protocol (``metazoo list``: episodic, online, multitask), on ``device``.
+    by a registered protocol (``metazoo list``: episodic, online, multitask), on ``device``, under
+    bfloat16 autocast with ``amp = "bf16"`` (:func:`~metazoo.objective.autocast`; recorded in the result).
 
     The protocol takes what it evaluates from the objective (the episodic protocol: its few-shot
     learner), which runs in eval mode with its own BatchNorm mode (``bn``: running statistics, or
@@ -84,19 +87,21 @@ def evaluate(objective: Objective, items, protocol: str = "episodic", device: to
     """
     rule = PROTOCOLS.create(protocol)
     model = rule.subject(objective)
+    model.check_amp(amp)
     start = time.perf_counter()
-    with model.evaluation():
+    with model.evaluation(), autocast(device, amp):
         fields = rule.run(model, items, device, progress and is_main())
     settings = {**rule.describe(items), "bn": model.bn, "protocol": protocol}
     where = str(device) if world_size() == 1 else f"{world_size()} x {torch.device(device).type}"
-    return EvalResult(protocol=settings, seconds=time.perf_counter() - start, device=where, **fields)
+    return EvalResult(protocol=settings, seconds=time.perf_counter() - start, device=where, amp=amp, **fields)
 
 
 def meta_test(learner: Objective, dataset, ways: int = 5, shots: int = 1, queries: int = 15, episodes: int = 1000,
               seed: int = 1000, device: torch.device | str | None = None, run_dir=None, progress: bool = False,
-              extra: dict | None = None, protocol: str = "episodic") -> EvalResult:
+              extra: dict | None = None, protocol: str = "episodic", amp: str = "off") -> EvalResult:
     """Evaluate ``learner`` on ``episodes`` fixed episodes of ``dataset`` (a FewShotDataset split), on
-    the learner's device unless ``device`` is given, with the learner's BatchNorm mode (``learner.bn``).
+    the learner's device unless ``device`` is given, with the learner's BatchNorm mode (``learner.bn``),
+    in float32 or (``amp = "bf16"``) under bfloat16 autocast.
 
     With ``run_dir``, the result is written to ``run_dir/result.json`` and appended to
     ``run_dir/results.jsonl``.
@@ -104,7 +109,7 @@ def meta_test(learner: Objective, dataset, ways: int = 5, shots: int = 1, querie
     if device is None:
         device = next(iter(learner.parameters()), torch.empty(0)).device
     sampler = EpisodeSampler(dataset, ways, shots, queries, seed=seed, episodes=episodes)
-    result = evaluate(learner, sampler, device=device, progress=progress, protocol=protocol)
+    result = evaluate(learner, sampler, device=device, progress=progress, protocol=protocol, amp=amp)
     if extra:
         result = dataclasses.replace(result, protocol={**result.protocol, **extra})
     if run_dir is not None:

@@ -19,6 +19,13 @@ import torch
 from torch import nn
 
 BN_MODES = ("running", "transductive")
+AMP_MODES = ("off", "bf16")  # train.amp: float32 throughout, or bfloat16 autocast
+
+
+def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``amp = "bf16"`` (matrix products and convolutions in bfloat16,
+    the weights, their gradients, losses and reductions in float32); nothing for ``"off"``."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 class Objective(nn.Module):
@@ -31,10 +38,16 @@ class Objective(nn.Module):
     ``"transductive"`` normalises every batch with its own statistics when evaluating (MAML's
     paper), leaving the running statistics untouched. ``bn_modes`` lists the modes an objective
     accepts (the gradient learners fix theirs when built).
+
+    ``amp_modes``: the ``train.amp`` settings an objective is sound under (:data:`AMP_MODES`; a class
+    whose arithmetic bfloat16 would spoil lists only ``"off"`` and says why in its docstring); the
+    trainer and evaluation run its forward and backward passes under :func:`autocast`.
     """
 
     bn_modes: tuple[str, ...] = BN_MODES
+    amp_modes: tuple[str, ...] = AMP_MODES
     loss_is_item_mean = True  # a step's loss is the mean over its items, so processes can split the items
+    gathers_on_device = False  # its items are gathered where the dataset's images are, which may be a GPU
 
     def __init__(self, bn: str = "running") -> None:
         super().__init__()
@@ -42,6 +55,14 @@ class Objective(nn.Module):
             raise ValueError(f"{type(self).__name__}: unknown BatchNorm mode bn={bn!r}; "
                              f"valid: {', '.join(self.bn_modes)}")
         self.bn = bn
+
+    @classmethod
+    def check_amp(cls, amp: str, name: str | None = None) -> None:
+        """Refuse an ``amp`` setting this objective is not sound under (``amp_modes``), naming it (``name``:
+        its registered name) and the setting, in one line."""
+        if amp not in cls.amp_modes:
+            raise ValueError(f"learner {name or cls.__name__!r} refuses train.amp = {amp!r} (bfloat16 is not sound "
+                             f"for it; its docstring says why): set train.amp = \"off\"")
 
     # --- training -------------------------------------------------------------------------------
     @classmethod

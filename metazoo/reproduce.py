@@ -66,6 +66,8 @@ def training_key(config: Config) -> str:
     values.pop("eval")
     for key in ("device", "max_minutes", "num_workers", "tensorboard", "log_every"):
         values["train"].pop(key)
+    if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
+        values["train"].pop("amp")
     values["data"].pop("root")
     values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
@@ -169,7 +171,7 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
         "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),
-        "device": str(resolve_device(t.device)),
+        "device": str(resolve_device(t.device)), "amp": t.amp,
         "threads": torch.get_num_threads(), "version": __version__, "commit": git_commit(),
         "command": command_line(), "run": run, "checkpoint": "kept",
         "date": datetime.date.today().isoformat(), "note": "",

@@ -21,9 +21,9 @@ from . import distributed
 from .build import build_dataset, build_objective, build_optimizer, resolve_config, resolve_device
 from .config import Config, dump_toml
 from .data.storage import atomic_save
-from .errors import Interrupted, NonFiniteLossError, RunExistsError, RunLockedError  # noqa: F401  (API)
+from .errors import Interrupted, NonFiniteLossError, RankLostError, RunExistsError, RunLockedError  # noqa: F401
 from .evaluate import EvalResult, evaluate, write_result
-from .objective import Objective
+from .objective import Objective, autocast
 from .learners import objective_factory
 from .registry import PROTOCOLS, load_plugins
 from .run import (BEST, CONFIG, LAST, METRICS, MetricsLog, RunLock, check_resumable, load_checkpoint, load_run,
@@ -119,7 +119,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         run.host_group = host_group
         with own(run_dir):
             begin(run)
-            with stop_on_signals(run):
+            with stop_on_signals(run), lost_ranks(run):
                 train_steps(run, progress)
         distributed.barrier()  # rank 0's checkpoints are written before any rank reads them
         if run.stopped == "signal":
@@ -130,6 +130,19 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
         if test:
             summary["test"] = test_run(run_dir, run.config.eval.checkpoint, data_root, progress).to_dict()
     return summary
+
+
+@contextlib.contextmanager
+def lost_ranks(run: Training):
+    """Under torchrun: a process of the run that dies fails the others' next collective
+    (:class:`RankLostError`); say at which step, and where the run continues from."""
+    try:
+        yield
+    except RankLostError as err:
+        last = f"its last checkpoint is {run.run_dir / LAST} (step {run.validated})" if run.validated else \
+            "it has no checkpoint yet"
+        raise RankLostError(f"{err}; stopped at step {run.step} of {run.config.train.steps}, and {last}: once every "
+                            "process can run, continue with the same torchrun command and --resume") from err
 
 
 def check_processes(config: Config) -> None:
@@ -175,6 +188,9 @@ def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: b
     train_set = build_dataset(config, config.train.split, data_root)
     config = resolve_config(config, train_set, data_root)
     device = resolve_device(config.train.device)
+    if train_set.images.device.type != device.type and distributed.is_main():  # (see build.image_device)
+        LOG.info(f"the images stay on the CPU (train.num_workers = {config.train.num_workers}, or an objective that "
+                 f"indexes them there), and every step's items are copied to {device}")
     torch.manual_seed(config.train.seed)
     objective = build_objective(config).to(device)
     optimizer, scheduler = build_optimizer(config, objective)
@@ -264,11 +280,13 @@ def finish(run: Training, metrics: "MetricsLog", bar, first: int) -> None:
 
 def train_step(run: Training, batch: list) -> dict:
     """One optimiser step on one meta-batch (under torchrun, this rank's share of it, the gradients averaged
-    over the ranks); the step's detached metrics. A non-finite loss raises before the optimiser steps on
-    the CPU, so every checkpoint holds finite weights (elsewhere :meth:`Training.check_losses` guards them)."""
+    over the ranks), its forward and backward passes under ``train.amp``; the step's detached metrics. A
+    non-finite loss raises before the optimiser steps on the CPU, so every checkpoint holds finite weights
+    (elsewhere :meth:`Training.check_losses` guards them)."""
     run.objective.train()
     run.optimizer.zero_grad(set_to_none=True)
-    stats = run.objective.meta_backward([item.to(run.device) for item in batch])
+    with autocast(run.device, run.config.train.amp):
+        stats = run.objective.meta_backward([item.to(run.device) for item in batch])
     stats = distributed.reduce_step(run.objective.parameters(), run.objective.buffers(), stats,
                                     len(batch) / run.config.train.meta_batch_size)
     run.watch(stats["loss"])
@@ -287,7 +305,8 @@ def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
         raise NonFiniteLossError(f"step {run.step}: the weights are no longer finite (the loss was finite); the "
                                  f"last good checkpoint is {run.run_dir / LAST} (step {run.validated}). Lower "
                                  "optim.lr, or check the data, before resuming.")
-    result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, bar is not None)
+    result = evaluate(run.objective, run.val_items, run.config.eval.protocol, run.device, bar is not None,
+                      run.config.train.amp)
     if result.mean > run.best["accuracy"]:
         run.best = {"step": run.step, "accuracy": result.mean}
         run.checkpoint(run.run_dir / BEST)
@@ -306,15 +325,15 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
              progress: bool = False, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> EvalResult:
     """Reload a run (:func:`~metazoo.run.load_run`), evaluate it on the test items of its ``[eval]``
     protocol, and (``write``) record the result in the run (``result.json``, ``results.jsonl``), with
-    the checkpoint, its step, the training split and any ``overrides`` (test-time settings; where it ran is
-    the result's ``device``, not an override). Under torchrun the processes share the test episodes and
-    rank 0 writes."""
+    the checkpoint, its step, the training split and any ``overrides`` (test-time settings; where and in what
+    arithmetic it ran are the result's ``device`` and ``amp``, not overrides). Under torchrun the processes
+    share the test episodes and rank 0 writes."""
     run = load_run(run_dir, checkpoint, overrides, data_root)
     rule = PROTOCOLS.create(run.config.eval.protocol)
     items = rule.items(run.config, "test", data_root)
     with distributed.session(run.device):
-        result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress)
-    settings = [o for o in overrides if not o.replace(" ", "").startswith("train.device=")]
+        result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress, run.config.train.amp)
+    settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp="))]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
              **({"overrides": settings} if settings else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})

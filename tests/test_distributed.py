@@ -3,16 +3,21 @@
 One 2-process group (``torch.multiprocessing.spawn``) trains ProtoNet, trains MAML in two sessions (the
 second ``--resume``s), and evaluates a one-process run; the one-process references run in the test
 process. Each rank takes items ``r, r + 2, ...`` of every step's meta-batch; gradients are averaged.
+Under torchrun, a process that dies stops the other with a one-line error, and ``--resume`` finishes the run.
 """
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from metazoo.config import from_dict
+from metazoo.config import dump_toml, from_dict
 from metazoo.trainer import meta_train
 from metazoo.trainer import test_run as reevaluate
 
@@ -147,3 +152,53 @@ def test_a_multitask_objective_is_refused_across_processes(tmp_path, data_root, 
     with pytest.raises(ValueError, match="'multitask' cannot train across processes"):
         meta_train(from_dict(config), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(config: Path, run_dir: Path, logs: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m metazoo.cli train CONFIG -o RUN ...`` on the CPU, each rank's output in
+    ``logs`` (``logs/*/attempt_0/RANK/stderr.log``); killed, with its processes, if it runs past a minute."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--log-dir", str(logs), "--redirects", "3", "-m", "metazoo.cli", "train", str(config),
+               "-o", str(run_dir), "-q", *args]
+    with subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True) as p:
+        try:
+            out, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise AssertionError(f"torchrun {' '.join(args)} still ran after a minute: a process hung") from None
+    return subprocess.CompletedProcess(command, p.returncode, out)
+
+
+def rank_output(logs: Path, rank: int) -> str:
+    (path,) = logs.glob(f"*/attempt_0/{rank}/stderr.log")
+    return path.read_text()
+
+
+def test_a_rank_that_dies_stops_the_other_with_one_line_and_the_run_resumes_from_its_checkpoint(tmp_path, data_root):
+    """Rank 1 exits without a word (``os._exit``, tests/dying_learner.py) at step 3 of 4; the checkpoint is step 2."""
+    values = tiny(data_root, "protonet_dying_test")
+    values["plugins"] = ["tests.dying_learner"]
+    (tmp_path / "run.toml").write_text(dump_toml(values))
+    run = tmp_path / "run"
+    died = torchrun(tmp_path / "run.toml", run, tmp_path / "logs", METAZOO_TEST_DIE_AT="3")
+    assert died.returncode != 0 and "exitcode  : 1" in died.stdout  # torchrun names rank 1's exit as the cause
+    survivor = rank_output(tmp_path / "logs", 0)
+    assert "Traceback" not in survivor
+    (line,) = [line for line in survivor.splitlines() if line.startswith("metazoo: error:")]
+    assert line.startswith("metazoo: error: rank 0 of 2: the gradient all-reduce across the processes failed (")
+    assert "by peer" in line  # gloo's words: "Connection closed by peer" or "... reset by peer", with its address
+    assert line.endswith(f"another process of the run has died or stopped answering; stopped at step 3 of 4, and its "
+                         f"last checkpoint is {run / 'last.pt'} (step 2): once every process can run, continue "
+                         "with the same torchrun command and --resume")
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2 and not (run / "result.json").exists()
+
+    resumed = torchrun(tmp_path / "run.toml", run, tmp_path / "logs2", "--resume")
+    assert resumed.returncode == 0, rank_output(tmp_path / "logs2", 0)
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == STEPS
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]  # step 3 of the dead session: gone
+    assert json.loads((run / "result.json").read_text())["device"] == "2 x cpu"

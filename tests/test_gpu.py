@@ -1,15 +1,21 @@
-"""Devices: a missing one is a one-line error; on CUDA (``-m gpu``, skipped without it) a training step and a
-MAML meta-iteration give the CPU's loss and gradients, and a run trains, records its device and reloads on
-the CPU. experiments/benchmarks/gpu_check.py runs these on a GPU machine."""
+"""Devices: a missing one is a one-line error; a dataset's images move to the device once and episodes are
+gathered there, the same bit for bit; on CUDA (``-m gpu``, skipped without it) a training step and a MAML
+meta-iteration give the CPU's loss and gradients, a bfloat16 step stays close to float32, and a run keeps its
+images on the GPU, trains, records its device and reloads on the CPU. experiments/benchmarks/gpu_check.py
+runs these on a GPU machine."""
+import hashlib
+
 import pytest
 import torch
 
 from metazoo import create_learner
+from metazoo.build import image_device
 from metazoo.cli import main
 from metazoo.config import from_dict
-from metazoo.data import EpisodeSampler
+from metazoo.data import EpisodeSampler, FewShotDataset
 from metazoo.errors import NonFiniteLossError
-from metazoo.trainer import meta_train
+from metazoo.objective import autocast
+from metazoo.trainer import meta_train, prepare
 from metazoo.trainer import test_run as reevaluate
 
 from .test_contract import CONFIG
@@ -26,6 +32,59 @@ def test_a_missing_device_is_one_line_naming_the_devices_there_are(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"metazoo: error: device '{device}' is not available here") and "available: cpu" in err
     assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+def noisy() -> FewShotDataset:
+    """Random colour images in classes of unequal sizes, normalised and turned per task: every step of a sampler."""
+    sizes = (6, 8, 5, 7, 9, 6)
+    images = torch.randint(0, 256, (sum(sizes), 3, 5, 5), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    return FewShotDataset(images, sizes, [f"c{c}" for c in range(6)], "noise", "train", mean=(0.5, 0.4, 0.3),
+                          std=(0.2, 0.25, 0.3), task_rotations=(0, 90, 180, 270))
+
+
+def digest(episode) -> str:
+    h = hashlib.sha256()
+    for t in (episode.support.inputs, episode.support.labels, episode.query.inputs, episode.query.labels,
+              episode.classes):
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.gpu])])
+def test_a_dataset_moved_to_a_device_gives_the_episodes_of_the_host_bit_for_bit(device):
+    data = noisy()
+    moved = data.to(device)
+    assert moved.images.device.type == moved.mean.device.type == device and data.images.device.type == "cpu"
+    assert moved.to(device) is moved and moved.class_offsets.device.type == "cpu"  # once; the draws' book stays
+    sampler = EpisodeSampler(moved, 4, 2, 3, seed=11)
+    episodes = [sampler[i] for i in (0, 7, 123)]
+    for episode in episodes:
+        assert {t.device.type for t in (episode.support.inputs, episode.support.labels, episode.query.inputs,
+                                        episode.query.labels, episode.classes)} == {device}
+    # the digests of these episodes as the sampler drew them on the host before images could move
+    assert [digest(e) for e in episodes] == ["25b19e725707140b", "d37ba87e30efd8ce", "79372b1875f487d8"]
+
+
+def test_a_run_keeps_its_images_on_its_device_unless_workers_or_its_objective_index_them_on_the_host(data_root):
+    gpu = torch.device("cuda")  # (a name only: nothing is allocated)
+    assert image_device(tiny(data_root, device="cpu"), gpu) == gpu
+    assert image_device(tiny(data_root, device="cpu", num_workers=2), gpu) == torch.device("cpu")
+    multitask = from_dict({"learner": {"name": "multitask"}, "multitask": {"tasks": "alphabets"}})
+    assert image_device(multitask, gpu) == torch.device("cpu")
+    assert image_device(tiny(data_root, device="cpu"), torch.device("cpu")) == torch.device("cpu")
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_run_on_cuda_gathers_its_training_and_validation_episodes_there(tmp_path, data_root, omniglot):
+    run = prepare(tiny(data_root), tmp_path / "run", None)
+    for items in (run.items, run.val_items):
+        assert items.dataset.images.device.type == "cuda"
+    episode, host = run.items[5], EpisodeSampler(omniglot["train"], 5, 1, 2, seed=0)[5]
+    assert episode.support.inputs.device.type == episode.query.labels.device.type == "cuda"
+    assert torch.equal(episode.query.inputs.cpu(), host.query.inputs) and torch.equal(episode.classes.cpu(),
+                                                                                      host.classes)
 
 
 @pytest.fixture
@@ -59,6 +118,17 @@ def test_a_training_step_on_cuda_gives_the_cpu_loss_and_gradients(omniglot, full
     assert gpu_grads.keys() == cpu_grads.keys()
     for key, grad in cpu_grads.items():  # (a conv bias before BatchNorm has a gradient of float noise: atol)
         torch.testing.assert_close(gpu_grads[key], grad, rtol=1e-3, atol=1e-5, msg=key)
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_bf16_training_step_on_cuda_stays_close_to_float32(omniglot):
+    episodes = list(EpisodeSampler(omniglot["train"], 5, 1, 5, seed=0, episodes=4))
+    full, _ = one_step("cuda", "protonet", episodes)
+    with autocast("cuda", "bf16"):
+        half, grads = one_step("cuda", "protonet", episodes)
+    assert half != full and half == pytest.approx(full, rel=0.02)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
 
 
 def tiny(data_root, **train) -> object:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from metazoo.published import cells
-from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, to_zoo
+from metazoo.config import load_config
+from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, to_zoo, training_key
 from metazoo.run import load_run
 from metazoo.trainer import test_run as evaluate_run
 
@@ -75,7 +76,7 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
     assert records[1]["protocol"]["ways"] == 20 and records[0]["paper"]["value"] == 98.8
     assert records[0]["protocol"]["train"] == {"split": "train", "ways": 5, "shots": 1, "queries": 2,
                                                "meta_batch_size": 1, "steps": 4}
-    for key in ("version", "commit", "command", "train_seconds", "test_seconds", "device", "date"):
+    for key in ("version", "commit", "command", "train_seconds", "test_seconds", "device", "amp", "date"):
         assert key in records[0]
     last = plans[0].run_dir / "last.pt"
     stamp = last.stat().st_mtime_ns
@@ -149,3 +150,10 @@ def test_a_committed_zoo_entry_re_tests_to_its_record(entry, data_root):
 def test_the_zoo_holds_the_reproduced_protonet_cells():
     entries = {p.parent.name for p in (REPO / "experiments" / "zoo" / "omniglot").glob("*/config.toml")}
     assert {"protonet_5w1s", "protonet_5w5s"} <= entries
+
+
+def test_bf16_makes_another_trained_model_and_off_keeps_the_run_names_of_before():
+    config = load_config(Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "protonet_5w1s.toml")
+    assert training_key(config) == "34328bdb"  # the key before train.amp existed: its runs are found again
+    config.train.amp = "bf16"
+    assert training_key(config) != "34328bdb"

@@ -5,15 +5,19 @@
 (``--device cpu --skip-tests --repeats 1 --steps 1`` is a dry run of the timing code on a machine without one.)
 
 Without CUDA it says so and exits 0. With CUDA it runs ``pytest -m gpu`` (tests/test_gpu.py: a training step
-and a MAML meta-iteration on the GPU give the CPU's loss and gradients; a run trains on the GPU, records it
-and reloads on the CPU; a non-finite loss stops before a checkpoint), then times on the first GPU, on
+and a MAML meta-iteration on the GPU give the CPU's loss and gradients; a bfloat16 step (``train.amp``) stays
+close to float32; a split moved to the GPU gives the host's episodes bit for bit, and a run gathers its
+training and validation episodes there; a run trains on the GPU, records it and reloads on the CPU; a
+non-finite loss stops before a checkpoint), then times on the first GPU, on
 Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 
-- a ProtoNet training step (meta-batch 1);
+- a ProtoNet training step (meta-batch 1), in float32 and under bfloat16 autocast (``train.amp = "bf16"``);
 - a MAML meta-iteration (second order, 5 inner steps, meta-batch 4; the shape of ``metazoo bench``'s MAML
   table): metazoo batched (the meta-batch's tasks in one grouped pass) and metazoo task by task (learn2learn
   is not timed here: ``metazoo bench``'s MAML contenders build on the CPU and would need a device argument);
-- episode sampling: drawn on the host and copied to the GPU, and drawn from images already on the GPU.
+- episode sampling: drawn and gathered on the host and copied to the GPU, and as a run on the GPU samples
+  them (``build_dataset`` moves the split's uint8 images to the GPU once; the sampler draws the indices on
+  the host and gathers and converts the images on the GPU).
 
 Each row is the median of ``--repeats`` blocks of ``--steps`` iterations, the GPU synchronised at the end of
 each block, the contenders of a table taking turns. The exit status is pytest's (0 when the tests pass).
@@ -22,7 +26,6 @@ No GPU figure has been recorded from this script yet: no GPU was available when 
 from __future__ import annotations
 
 import argparse
-import copy
 import subprocess
 import sys
 import time
@@ -36,7 +39,10 @@ sys.path.insert(0, str(REPO))
 
 from metazoo import create_learner  # noqa: E402
 from metazoo.bench.common import interleaved_medians, machine, table  # noqa: E402
+from metazoo.build import build_dataset  # noqa: E402
+from metazoo.config import from_dict  # noqa: E402
 from metazoo.data import EpisodeSampler, create_dataset, data_root  # noqa: E402
+from metazoo.objective import autocast  # noqa: E402
 
 BACKBONE = {"name": "conv4", "in_channels": 1, "width": 64, "image_size": 28, "pooling": False, "global_pool": True}
 WAYS, SHOTS, QUERIES, INNER_STEPS, INNER_LR, META_BATCH = 5, 1, 15, 5, 0.01, 4
@@ -52,13 +58,14 @@ def synchronised(step, steps: int, device: torch.device):
     return block
 
 
-def trainer_step(learner: nn.Module, batch: list):
-    """What the trainer does once: zero the gradients, ``meta_backward``, an Adam step."""
+def trainer_step(learner: nn.Module, batch: list, amp: str = "off"):
+    """What the trainer does once: zero the gradients, ``meta_backward`` (under ``train.amp``), an Adam step."""
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        learner.meta_backward(batch)
+        with autocast(batch[0].support.inputs.device, amp):
+            learner.meta_backward(batch)
         optimizer.step()
     return step
 
@@ -74,23 +81,25 @@ def training_rows(train, args) -> list[list[str]]:
     torch.manual_seed(0)
     protonet = create_learner("protonet", backbone=dict(BACKBONE)).to(args.device)
     blocks = {"ProtoNet training step (meta-batch 1)": trainer_step(protonet, batch[:1]),
+              "ProtoNet training step, train.amp = bf16": trainer_step(protonet, batch[:1], "bf16"),
               "MAML meta-iteration, metazoo batched": trainer_step(maml(True, args.device), batch),
               "MAML meta-iteration, metazoo task by task": trainer_step(maml(False, args.device), batch)}
     return timed_rows(blocks, args, "iteration")
 
 
 def sampling_rows(train, args) -> list[list[str]]:
+    """Episodes drawn and gathered on the host, then copied; and as a run on the device gathers them: its split
+    built by ``build_dataset`` (the uint8 images moved to the device once), the draws on the host, the
+    gathering and the conversion to float on the device."""
     host = EpisodeSampler(train, WAYS, SHOTS, QUERIES, seed=0)
+    config = from_dict({"data": {"dataset": "omniglot", "root": str(data_root(args.data_root))},
+                        "train": {"device": str(args.device)}})
+    on_device = build_dataset(config, "train")
+    assert on_device.images.device.type == args.device.type, "the run's images did not move to the device"
+    device = EpisodeSampler(on_device, WAYS, SHOTS, QUERIES, seed=0)
     count = iter(range(10 ** 9))
-    blocks = {"episode sampling on the host, copied to the device": lambda: host[next(count)].to(args.device)}
-    try:
-        on_gpu = copy.copy(train)
-        on_gpu.images = train.images.to(args.device)  # the uint8 cache, moved once
-        device = EpisodeSampler(on_gpu, WAYS, SHOTS, QUERIES, seed=0)
-        device[0]
-        blocks["episode sampling from images on the device"] = lambda: device[next(count)]
-    except (RuntimeError, TypeError) as err:  # the sampler may not take a GPU cache yet
-        print(f"episode sampling from images on the device: not possible here ({str(err).splitlines()[0]})")
+    blocks = {"episode sampling on the host, copied to the device": lambda: host[next(count)].to(args.device),
+              "episode sampling from images on the device (a run's path)": lambda: device[next(count)]}
     return timed_rows(blocks, args, "episode")
 
 

@@ -5,6 +5,7 @@ decodes an image while sampling episodes.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -80,6 +81,18 @@ class FewShotDataset:
     def labels(self) -> torch.Tensor:
         """Class index of every image (n,)."""
         return torch.repeat_interleave(torch.arange(self.num_classes), self.class_sizes)
+
+    def to(self, device: torch.device | str) -> "FewShotDataset":
+        """This split with its uint8 images (and the normalisation) on ``device``, copied there once: a
+        shallow copy sharing everything else (``self`` where they are already there). An
+        :class:`~metazoo.data.EpisodeSampler` of it gathers its episodes on ``device``; its random draws stay
+        on the CPU, so episode ``i`` is the same, bit for bit, wherever the images are."""
+        images = self.images.to(device)
+        if images is self.images:
+            return self
+        moved = copy.copy(self)
+        moved.images, moved.mean, moved.std = images, self.mean.to(device), self.std.to(device)
+        return moved
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (n, c, h, w) -> normalised float32 (n, c, h, w)."""

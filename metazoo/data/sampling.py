@@ -36,6 +36,14 @@ def episode_seed(seed: int, index: int) -> int:
     return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(index) & _MASK64)) >> 1
 
 
+def from_host(drawn: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (indices a CPU generator drew) on ``device``, without a host sync: to a GPU through
+    pinned memory, asynchronously (torch's plain copy from pageable memory waits for the GPU's stream)."""
+    if device.type == "cuda":
+        return drawn.pin_memory().to(device, non_blocking=True)
+    return drawn.to(device)
+
+
 class EpisodeSampler(torch.utils.data.Dataset):
     """Map-style dataset of episodes: ``sampler[i]`` is episode ``i``.
 
@@ -50,6 +58,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
 
     If the dataset has ``task_rotations``, each episode also draws one of those angles per class,
     after its classes and images, and turns all that class's support and query images by it.
+
+    Episodes come out where the dataset's images are (a GPU after :meth:`FewShotDataset.to`); their random
+    draws are always made on the CPU by ``torch.Generator``, so they do not depend on the device.
     """
 
     def __init__(self, dataset: FewShotDataset, ways: int, shots: int, queries: int,
@@ -64,7 +75,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
             torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
         turns = [a // 90 for a in dataset.task_rotations]
         self._turns = torch.tensor(turns) if turns else None  # quarter turns an episode draws from
-        labels = torch.arange(ways)[:, None]
+        labels = torch.arange(ways, device=dataset.images.device)[:, None]
         self._support_labels = labels.expand(ways, shots).flatten()  # (ways * shots,) class-major
         self._query_labels = labels.expand(ways, queries).flatten()  # (ways * queries,)
 
@@ -134,8 +145,13 @@ class EpisodeSampler(torch.utils.data.Dataset):
         return torch.tensor(list(chosen)[: self.ways])
 
     def __getitem__(self, index: int) -> Episode:
+        """Episode ``index``, on the device of the dataset's images: drawn on the CPU, then gathered and
+        made float where the images are (:meth:`FewShotDataset.to`), only the classes and image indices copied
+        there (in one copy)."""
         classes, idx, turns = self._draw(index)
-        x = self.dataset.images.index_select(0, idx.flatten())
+        both = from_host(torch.cat([classes, idx.flatten()]), self.dataset.images.device)
+        classes, idx = both[: self.ways], both[self.ways:]
+        x = self.dataset.images.index_select(0, idx)
         x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])  # (ways, shots + queries, c, h, w)
         if turns is not None:
             x = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for images, k in zip(x, turns.tolist())])

@@ -27,6 +27,8 @@ class Learner(Objective):
     BatchNorm mode used when evaluating (see :class:`~metazoo.objective.Objective`).
     """
 
+    gathers_on_device = True  # EpisodeSampler gathers episodes where the images are (FewShotDataset.to)
+
     def __init__(self, backbone: nn.Module, bn: str = "running") -> None:
         super().__init__(bn)
         self.backbone = backbone

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.sampling import episode_seed
+from ..data.sampling import episode_seed, from_host
 from ..episode import Episode, LabeledSet
 from .base import Classifier, Learner
 
@@ -70,7 +70,7 @@ class SequenceLearner(Learner):
         """A random order (n,) of ``n`` items (the support set's; online, all the episode's) drawn from
         ``generator``, else the fixed order of ``order_seed``."""
         generator = generator if generator is not None else torch.Generator().manual_seed(self.order_seed)
-        return torch.randperm(n, generator=generator).to(device)
+        return from_host(torch.randperm(n, generator=generator), device)
 
     def episode_generator(self, episode: Episode) -> torch.Generator:
         """The generator of a training episode's random order, seeded by ``(order_seed, episode.index)``
@@ -152,7 +152,14 @@ def presentation_index(labels: torch.Tensor) -> torch.Tensor:
 
 
 class RecurrentLearner(SequenceLearner):
-    """An LSTM over (embedding, label) pairs with a linear read-out: the plain black-box baseline."""
+    """An LSTM over (embedding, label) pairs with a linear read-out: the plain black-box baseline.
+
+    No bfloat16 autocast (``train.amp = "off"`` only): the LSTM carries its state through every step of
+    a sequence, so bfloat16's rounding of the gates compounds with the sequence length (SNAIL, whose
+    convolutions and attention read the sequence without a carried state, takes ``"bf16"``).
+    """
+
+    amp_modes = ("off",)
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 256, layers: int = 1,
                  order_seed: int = 0, online: bool = False, bn: str = "running") -> None:

@@ -48,7 +48,14 @@ class MANN(SequenceLearner):
     - reads ``w^r_t = softmax(cosine(k_t, M_t))``, ``r_t = w^r_t M_t``;
     - usage ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``; ``w^lu_t`` marks the ``heads`` least-used slots;
     - logits from ``[h_t, r_t]``.
+
+    No bfloat16 autocast (``train.amp = "off"`` only): the memory is written into and the usage summed
+    at every step of a sequence, so bfloat16's 8-bit mantissa loses small writes to a slot and its
+    rounding compounds with the sequence length, and the least-used slots are chosen by comparing
+    usages that bfloat16 rounds into ties.
     """
+
+    amp_modes = ("off",)
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
                  slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.sampling import from_host
 from ..episode import Episode, LabeledSet
 from .base import Classifier, Learner
 
@@ -115,7 +116,9 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, ways: int, cosine: bo
              batch_size: int = 4, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> nn.Module:
     """A new linear (or cosine) classifier fitted on fixed ``features`` (n, d): Chen et al.'s fine-tuning,
     ``epochs`` passes in mini-batches of ``batch_size`` with SGD (momentum 0.9, dampening 0.9); the
-    initial weights and the mini-batch order come from ``seed``. Returns the head, frozen."""
+    initial weights and the mini-batch order come from ``seed``. Returns the head, frozen. The fit is float32,
+    autocast off (``train.amp``): bfloat16 would round away its many small SGD updates of the head."""
+    features = features.to(torch.promote_types(features.dtype, torch.float32))  # (a bfloat16 embedding)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         size = features.shape[1]
@@ -123,9 +126,9 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, ways: int, cosine: bo
     head = head.to(features.device, features.dtype)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, dampening=0.9, weight_decay=weight_decay)
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
         for _ in range(epochs):
-            order = torch.randperm(len(features), generator=generator).to(features.device)
+            order = from_host(torch.randperm(len(features), generator=generator), features.device)
             for start in range(0, len(features), batch_size):
                 batch = order[start:start + batch_size]
                 loss = F.cross_entropy(head(features[batch]), labels[batch])
