@@ -193,3 +193,21 @@ def plot_command(paths: list[str], out: str, report: bool) -> str:
     """``metazoo plot RUN... -o OUT`` (runs' validation curves) or ``metazoo plot --report DIR... -o OUT``
     (records against the paper); returns the path written."""
     return str((plot_report if report else plot_runs)(paths, out))
+
+
+def plot_race(panels: dict[str, list[Curve]], out: str | Path, bands: bool = True) -> Path:
+    """Test accuracy (%) against training time (minutes): a panel per title of ``panels``, a line per
+    curve (``metazoo bench --only race``: metazoo and learn2learn trained side by side, each snapshot
+    tested on the same episodes); ``bands`` shades each point's 95% CI over the test episodes."""
+    fig = figure(figsize=(5.5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for curve in curves:
+            line, = ax.plot(curve.minutes, curve.accuracy, marker="o", linewidth=1.2, label=curve.label)
+            if bands:
+                ax.fill_between(curve.minutes, [a - c for a, c in zip(curve.accuracy, curve.ci95)],
+                                [a + c for a, c in zip(curve.accuracy, curve.ci95)], color=line.get_color(), alpha=0.2)
+        ax.set(title=title, xlabel="training time (minutes)", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save(fig, out)

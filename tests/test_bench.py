@@ -3,7 +3,9 @@
 The benchmark is not a test; these keep it runnable and its output well-formed as the code
 around it changes. learn2learn is optional: what needs it skips without it.
 """
+import importlib.util
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -11,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from metazoo import bench
-from metazoo.bench import maml
+from metazoo.bench import l2l_loops, maml
 from metazoo.bench.standard import extracted_omniglot_accepted, l2l_omniglot_root
+from metazoo.data.l2l import task_from_episode
 
 
 def l2l():
@@ -44,10 +47,17 @@ def test_options_choose_the_tables_and_default_to_the_full_measurement():
     assert bench.parse(["--only", "maml,sampling"]).tables == ["sampling", "maml"]
     assert bench.parse(["--only", "sampling,maml", "--skip", "maml"]).tables == ["sampling"]
     assert bench.parse(["--skip", "training", "--skip", "l2l-standard"]).tables == ["sampling", "maml"]
+    assert (args.learners, args.race_seconds, args.race_snapshots, args.test_episodes, args.race_data) == \
+        (["maml", "protonet"], None, 6, 1000, "benchmark")
+    args = bench.parse(["--only", "race,iteration", "--learners", "protonet", "--race-seconds", "20", "--race-set",
+                        "train.ways=20", "--race-set", "train.seed=1", "--race-data", "interop"])
+    assert args.tables == ["iteration", "race"] and args.learners == ["protonet"] and args.race_seconds == 20
+    assert args.race_set == ["train.ways=20", "train.seed=1"] and args.race_data == "interop"
     args = bench.parse(["--maml-sizes", "28", "--maml-orders", "first", "--no-maml-memory", "--warmup", "0"])
     assert (args.maml_sizes, args.maml_orders, args.maml_memory, args.warmup) == ([28], ["first"], False, 0)
     for wrong in (["--only", "sampling,speed"], ["--only", ""], ["--maml-sizes", "32"], ["--repeats", "0"],
-                  ["--warmup", "-1"]):
+                  ["--warmup", "-1"], ["--learners", "reptile"], ["--race-seconds", "0"], ["--race-snapshots", "0"],
+                  ["--test-episodes", "0"], ["--race-data", "png"]):
         with pytest.raises(SystemExit):
             bench.parse(wrong)
 
@@ -169,3 +179,114 @@ def test_l2l_omniglot_root_extracts_once_into_torchvisions_layout(tmp_path):
     with extracted_omniglot_accepted():
         full = FullOmniglot(str(root), transform=transforms.Compose([transforms.Resize(28), transforms.ToTensor()]))
     assert len(full) == 4 and full[0][0].shape == (1, 28, 28) and [full[i][1] for i in range(4)] == [0, 0, 1, 1]
+
+
+def no_verdicts(out: str) -> None:
+    assert "goal" not in out.lower() and not {"met", "missed"} & set(re.findall(r"\w+", out.lower()))
+
+
+def test_learn2learn_loops_take_metazoos_settings_and_episodes(data_root, omniglot):
+    """The learn2learn side's settings come from metazoo's configs; a metazoo episode becomes a learn2learn
+    task that the interop turns back into the same episode; a loop iteration trains; a snapshot tests."""
+    l2l()
+    import dataclasses
+
+    import torch
+
+    from metazoo.bench.iteration import resolved
+    from metazoo.bench.scaling import repo_file
+    from metazoo.config import load_config
+    from metazoo.data import EpisodeSampler
+    from metazoo.data.l2l import episode_from_task
+
+    config, _ = resolved("maml", [], data_root)
+    s = l2l_loops.Settings.from_config(config)
+    assert (s.learner, s.split, s.ways, s.shots, s.queries, s.meta_batch, s.lr, s.step_size) == \
+        ("maml", "train", 5, 1, 1, 32, 1e-3, 0)
+    assert (s.inner_lr, s.inner_steps, s.test_inner_steps, s.first_order) == (0.4, 1, 3, False)
+    proto = l2l_loops.Settings.from_config(resolved("protonet", ["train.ways=20"], data_root)[0])
+    assert (proto.learner, proto.split, proto.ways, proto.shots, proto.queries, proto.step_size, proto.gamma) == \
+        ("protonet", "trainval", 20, 1, 5, 2000, 0.5)
+    with pytest.raises(ValueError, match="MAML or ProtoNet"):
+        l2l_loops.Settings.from_config(load_config(repo_file("experiments/omniglot/reptile_5w1s.toml")))
+
+    assert l2l_loops.support_mask(2, 1, 2).tolist() == [True, False, False, True, False, False]
+    episode = EpisodeSampler(omniglot["test"], 5, 2, 3, seed=0)[0]
+    x, y = task_from_episode(episode)
+    assert y.tolist() == [c for c in range(5) for _ in range(5)]
+    back = episode_from_task(x, y, 5, 2, 3)
+    assert torch.equal(back.support.inputs, episode.support.inputs) and torch.equal(back.query.inputs,
+                                                                                    episode.query.inputs)
+
+    small = dataclasses.replace(s, meta_batch=2)
+    loop = l2l_loops.Loop(small, l2l_loops.taskset(small, "interop", data_root))
+    before = [p.detach().clone() for p in loop.model.parameters()]
+    loop.iteration()
+    assert loop.iterations == 1 and any(not torch.equal(a, b) for a, b in zip(before, loop.model.parameters()))
+    test = [EpisodeSampler(omniglot["test"], 5, 1, 15, seed=1000)[i] for i in range(4)]
+    scores = l2l_loops.test_accuracies(loop.model, small, test)
+    assert len(scores) == 4 and all(0.0 <= a <= 1.0 for a in scores)
+    # ProtoNet's test keeps each episode's own support items as the prototypes' (its sort is stable)
+    from metazoo.learners.protonet import class_means, squared_distances
+
+    net = l2l_loops.network(proto)
+    scores = l2l_loops.test_accuracies(net, proto, test)
+    with torch.no_grad():
+        for episode, score in zip(test, scores):
+            prototypes = class_means(net(episode.support.inputs), episode.support.labels, 5)
+            logits = -squared_distances(net(episode.query.inputs), prototypes)
+            assert score == pytest.approx(float((logits.argmax(-1) == episode.query.labels).float().mean()))
+
+
+def test_iteration_table_runs_on_a_tiny_budget(data_root, capsys, monkeypatch):
+    """Table (e), its MAML row, one iteration per side (learn2learn's get_tasksets decodes PNGs: seconds)."""
+    l2l()
+    monkeypatch.setenv("METAZOO_DATA", str(data_root))
+    assert bench.main(["--only", "iteration", "--learners", "maml", "--steps", "1", "--repeats", "1",
+                       "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    no_verdicts(out)
+    (title, rows), = tables(out).items()
+    assert title.startswith("## (e)") and len(rows) == 1
+    row = rows[0]
+    assert row[:2] == ["MAML", "5-way 1-shot 1-query x 32"] and len(row) == len(bench.iteration.HEADER)
+    assert float(row[2]) > 0 and float(row[3]) > 0 and ratio(row[4]) > 0 and float(row[5]) > 0 and float(row[6]) > 0
+    assert "experiments/omniglot/maml_5w1s.toml on both sides" in out and "1 inner step(s) of 0.4" in out
+    assert "get_tasksets('omniglot'" in out and "after 0 warm-up block(s)" in out
+
+
+def test_race_runs_on_a_tiny_budget(data_root, capsys, monkeypatch, tmp_path):
+    """Table (f) for ProtoNet (20-way to be quick): two snapshots a side, tested on 10 episodes, the plot,
+    race.json, and the count of what learn2learn's get_tasksets trains on."""
+    l2l()
+    monkeypatch.setenv("METAZOO_DATA", str(data_root))
+    out_dir = tmp_path / "race"
+    assert bench.main(["--only", "race", "--learners", "protonet", "--race-seconds", "4", "--race-snapshots", "2",
+                       "--test-episodes", "10", "--race-set", "train.ways=20", "--race-out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    no_verdicts(out)
+    (title, rows), = tables(out).items()
+    assert title.startswith("## (f)") and [row[:2] for row in rows] == [["ProtoNet", "1"], ["ProtoNet", "2"]]
+    for k, row in enumerate(rows, 1):
+        assert float(row[2]) >= 2 * k and float(row[5]) >= 2 * k  # each snapshot after its point in training time
+        assert int(row[3]) >= 1 and int(row[6]) >= 1
+        for cell in (row[4], row[7]):
+            assert re.fullmatch(r"\d+\.\d\d \+- \d+\.\d\d", cell), cell
+    assert int(rows[1][3]) >= int(rows[0][3]) and int(rows[1][6]) > int(rows[0][6])
+    assert "20-way 1-shot 5-query episodes" in out and "Vinyals trainval" in out and "same 10 fixed episodes" in out
+    assert re.search(r"outside its own 1100-character train split", out) and "get_tasksets('omniglot').train" in out
+    record = json.loads((out_dir / "protonet" / "race.json").read_text())
+    assert [len(record[side]) for side in ("metazoo", "learn2learn")] == [2, 2]
+    if importlib.util.find_spec("matplotlib"):
+        assert f"plot: {out_dir / 'race.png'}" in out and (out_dir / "race.png").stat().st_size > 0
+    else:
+        assert "no plot" in out
+
+
+def test_learn2learn_tables_skip_without_learn2learn(data_root, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "learn2learn" else
+                        find_spec(name, *a))
+    assert bench.main(["--only", "iteration,race", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^## \((\w)\)", out, re.M) == ["e", "f"] and out.count("skipped: the peer") == 2

@@ -1,7 +1,7 @@
-"""Speed benchmarks against learn2learn: episode sampling, a ProtoNet training step, a MAML meta-iteration.
+"""Speed benchmarks against learn2learn: sampling, training steps, MAML, end to end, time to accuracy.
 
 ``metazoo bench`` (or ``python -m metazoo.bench``) prints, in one run, up to three Markdown tables
-(a fourth, (d) CPU scaling across processes, :mod:`metazoo.bench.scaling`, only with ``--only scaling``):
+by default:
 
 (a) episodes/s of metazoo's ``EpisodeSampler`` against learn2learn on the same decoded tensors
     and against learn2learn's own Omniglot pipeline (:mod:`metazoo.bench.sampling`);
@@ -9,7 +9,12 @@
     (:mod:`metazoo.bench.training`);
 (c) one MAML meta-iteration against learn2learn's MAML (:mod:`metazoo.bench.maml`).
 
-The contenders of each row run in alternating blocks and report the median block, so a load
+Three more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
+(:mod:`metazoo.bench.scaling`); (e) one training iteration end to end, sampling included, against
+learn2learn's example loops (:mod:`metazoo.bench.iteration`); (f) time to accuracy, metazoo and
+learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`).
+
+The contenders of each row of (a), (b), (c) and (e) run in alternating blocks and report the median block, so a load
 that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
 See docs/benchmarks.md.
 """
@@ -24,11 +29,14 @@ from typing import Sequence
 import torch
 
 from ..data import data_root
-from . import maml, sampling, scaling, training
+from . import iteration, l2l_loops, maml, race, sampling, scaling, training
 from .common import bullets, machine, table
 
 DEFAULT_TABLES = ("sampling", "training", "maml")
-TABLES = (*DEFAULT_TABLES, "scaling")  # scaling (minutes of subprocess training) only with --only
+TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race")  # the last three take minutes: only with --only
+L2L_TABLES = {"maml": "(c) MAML meta-iteration, metazoo vs learn2learn",
+              "iteration": "(e) End-to-end iteration, sampling included, metazoo vs learn2learn",
+              "race": "(f) Time to accuracy, metazoo vs learn2learn side by side"}
 
 
 def names(choices: Sequence[str]):
@@ -47,8 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="data root holding omniglot/ (and caltech101/ for the 84x84 MAML rows); "
                                        "default: $METAZOO_DATA, else ~/.metazoo/data")
     p.add_argument("--only", type=names(TABLES), default=list(DEFAULT_TABLES), metavar="TABLES",
-                   help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: all but "
-                        "scaling, CPU throughput of 1 or 2 processes, metazoo.bench.scaling)")
+                   help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: the first three; "
+                        "scaling: CPU throughput of 1 or 2 processes; iteration: (e), a training iteration with "
+                        "sampling; race: (f), time to accuracy; each takes minutes)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")
@@ -75,20 +84,55 @@ def parser() -> argparse.ArgumentParser:
                    help="MAML orders, comma-separated from second,first (default: both)")
     p.add_argument("--no-maml-memory", dest="maml_memory", action="store_false",
                    help="leave out the MAML table's peak memory columns (each is a fresh process per contender)")
+    add_learn2learn_loops(p)
     return p
+
+
+def add_learn2learn_loops(p: argparse.ArgumentParser) -> None:
+    """The options of tables (e) and (f)."""
+    p.add_argument("--learners", type=names(tuple(iteration.CONFIGS)), default=list(iteration.CONFIGS),
+                   metavar="LEARNERS", help="rows of the iteration and race tables, comma-separated from "
+                                            "maml,protonet (default: both)")
+    p.add_argument("--race-seconds", type=float,
+                   help=f"race: training time of each side (default {race.DEFAULT_SECONDS['maml']:g} for MAML, "
+                        f"{race.DEFAULT_SECONDS['protonet']:g} for ProtoNet)")
+    p.add_argument("--race-snapshots", type=int, default=6,
+                   help="race: snapshots per side, evenly spaced in training time (default 6)")
+    p.add_argument("--test-episodes", type=int, default=1000, help="race: fixed test episodes (default 1000)")
+    p.add_argument("--race-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="race: override a value of the learner's config on both sides (repeatable)")
+    p.add_argument("--race-data", choices=l2l_loops.DATA, default="benchmark",
+                   help="race: learn2learn's training data: benchmark (its Omniglot pipeline on the Vinyals "
+                        "characters, PNGs decoded per item; default) or interop (its taskset over metazoo's "
+                        "decoded split)")
+    p.add_argument("--race-out", help="race: keep the runs, snapshots, race.json and race.png here "
+                                      "(default: a temporary folder, removed)")
+    p.add_argument("--race-plot", help="race: the figure's file (.png, .svg, .pdf; default RACE_OUT/race.png)")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
-    for name in ("episodes", "steps", "repeats", "train_episodes", "l2l_standard_episodes"):
+    for name in ("episodes", "steps", "repeats", "train_episodes", "l2l_standard_episodes", "race_snapshots",
+                 "test_episodes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.threads < 0:
         p.error("--warmup and --threads must not be negative")
+    if args.race_seconds is not None and args.race_seconds <= 0:
+        p.error("--race-seconds must be positive")
     args.maml_sizes = [int(s) for s in args.maml_sizes]
     args.tables = [t for t in TABLES if t in args.only and t not in args.skip]
     return args
+
+
+def has_learn2learn(name: str) -> bool:
+    """Whether the peer is installed; if not, print the table's title and that it is skipped."""
+    if importlib.util.find_spec("learn2learn") is not None:
+        return True
+    print(f"## {L2L_TABLES[name]}\n\nskipped: the peer, learn2learn, is not installed (README: optional "
+          "dependency)\n", flush=True)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,14 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(sampling.report(train, notes, root, args), flush=True)
     if "training" in args.tables:
         print(training.report(train, args), flush=True)
-    if "maml" in args.tables:
-        print("## (c) MAML meta-iteration, metazoo vs learn2learn\n")
-        if importlib.util.find_spec("learn2learn") is None:
-            print("skipped: the peer, learn2learn, is not installed (README: optional dependency)\n")
-        else:
-            rows, notes = maml.maml_rows(args, root)
-            print(f"{table(maml.header(args.maml_memory), rows)}\n\n{bullets(notes)}\n", flush=True)
+    if "maml" in args.tables and has_learn2learn("maml"):
+        rows, notes = maml.maml_rows(args, root)
+        print(f"## {L2L_TABLES['maml']}\n\n{table(maml.header(args.maml_memory), rows)}\n\n{bullets(notes)}\n",
+              flush=True)
     if "scaling" in args.tables:
         print(scaling.report(root), flush=True)
+    if "iteration" in args.tables and has_learn2learn("iteration"):
+        print(iteration.report(root, args), flush=True)
+    if "race" in args.tables and has_learn2learn("race"):
+        print(race.report(root, args), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0

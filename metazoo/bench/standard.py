@@ -1,4 +1,5 @@
-"""learn2learn's standard Omniglot pipeline, the second contender of the sampling table.
+"""learn2learn's standard Omniglot pipeline: the second contender of the sampling table, the data of
+learn2learn's side in the end-to-end and race tables.
 
 Its Omniglot (torchvision's ``omniglot-py`` folders) is extracted once into metazoo's cache from
 the data root's archives. The only patching of another library in ``metazoo bench`` is
@@ -93,3 +94,57 @@ def l2l_standard_taskset(root: str | os.PathLike, ways: int, shots: int, queries
     with extracted_omniglot_accepted():
         return get_tasksets("omniglot", train_ways=ways, train_samples=shots + queries, test_ways=ways,
                             test_samples=shots + queries, root=str(root)).train
+
+
+def full_omniglot_characters(full: Any) -> list[str]:
+    """``Alphabet/characterNN`` of each class of learn2learn's ``FullOmniglot`` (torchvision's background
+    characters, then its evaluation ones): the names metazoo's Omniglot splits use."""
+    background, evaluation = full.dataset.datasets
+    return [name.replace(os.sep, "/") for name in (*background._characters, *evaluation._characters)]
+
+
+def l2l_split_taskset(root: str | os.PathLike, characters: list[str], ways: int, samples: int) -> Any:
+    """learn2learn's Omniglot benchmark pipeline restricted to ``characters`` (``Alphabet/characterNN``).
+
+    The same parts as ``get_tasksets("omniglot")`` (FullOmniglot with Resize(28, LANCZOS), ToTensor,
+    1 - x; MetaDataset; FusedNWaysKShots(n=ways, k=samples), LoadData, RemapLabels, ConsecutiveLabels,
+    RandomClassRotation([0, 90, 180, 270])), with the transforms built on a ``FilteredMetaDataset`` of
+    those characters, so every task draws from them alone (``get_tasksets`` builds its train
+    transforms on the unfiltered dataset: :func:`standard_train_draws`). ``root``: an ``l2l_omniglot_root()``.
+    """
+    import learn2learn as l2l
+    from learn2learn.data.transforms import ConsecutiveLabels, FusedNWaysKShots, LoadData, RemapLabels
+    from learn2learn.vision.transforms import RandomClassRotation
+    from PIL.Image import LANCZOS
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize(28, interpolation=LANCZOS), transforms.ToTensor(),
+                                    lambda x: 1.0 - x])
+    with extracted_omniglot_accepted():
+        full = l2l.vision.datasets.FullOmniglot(root=str(root), transform=transform, download=False)
+    index = {name: i for i, name in enumerate(full_omniglot_characters(full))}
+    split = l2l.data.FilteredMetaDataset(l2l.data.MetaDataset(full), labels=[index[c] for c in characters])
+    task_transforms = [FusedNWaysKShots(split, n=ways, k=samples), LoadData(split), RemapLabels(split),
+                       ConsecutiveLabels(split), RandomClassRotation(split, [0.0, 90.0, 180.0, 270.0])]
+    return l2l.data.Taskset(split, task_transforms=task_transforms)
+
+
+def standard_train_draws(root: str | os.PathLike, ways: int, samples: int, tasks: int) -> dict:
+    """Which characters ``get_tasksets("omniglot").train`` trains on, counted over ``tasks`` sampled task
+    descriptions (no image is loaded): items drawn, distinct characters, items outside its own train
+    split (the 1100 characters of its ``FilteredMetaDataset``) and items of metazoo's Vinyals test
+    characters (423). ``root``: an ``l2l_omniglot_root()``."""
+    from ..data.omniglot import vinyals_characters
+
+    train = l2l_standard_taskset(root, ways, samples, 0)
+    own = set(train.dataset.labels)  # its train split
+    unfiltered = train.dataset.dataset  # the MetaDataset its train transforms were built on
+    names = full_omniglot_characters(unfiltered.dataset)
+    test = set(vinyals_characters("test", names))
+    drawn = [unfiltered.indices_to_labels[d.index] for _ in range(tasks) for d in train.sample_task_description()]
+    distinct = set(drawn)
+    return {"tasks": tasks, "items": len(drawn), "characters": len(distinct), "own_split": len(own),
+            "outside_own": sum(c not in own for c in drawn),
+            "characters_outside_own": len(distinct - own),
+            "in_vinyals_test": sum(names[c] in test for c in drawn),
+            "characters_in_vinyals_test": sum(names[c] in test for c in distinct), "vinyals_test": len(test)}

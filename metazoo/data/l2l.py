@@ -73,6 +73,17 @@ def episode_from_task(data: torch.Tensor, labels: torch.Tensor, ways: int, shots
     return Episode(support, query, classes.cpu(), index)
 
 
+def task_from_episode(episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """A metazoo Episode as a learn2learn task ``(X, y)`` sorted by label, each class's support items
+    first: the inverse of :func:`metazoo.data.l2l.episode_from_task` (up to the order within a class)."""
+    ways = episode.ways
+    support = episode.support.inputs[torch.sort(episode.support.labels, stable=True).indices]
+    query = episode.query.inputs[torch.sort(episode.query.labels, stable=True).indices]
+    blocks = torch.cat([support.view(ways, -1, *support.shape[1:]), query.view(ways, -1, *query.shape[1:])], 1)
+    labels = torch.arange(ways).repeat_interleave(blocks.shape[1])
+    return blocks.flatten(0, 1), labels
+
+
 def episodes_from_taskset(taskset: Any, ways: int, shots: int, queries: int,
                           episodes: int | None = None) -> Iterator[Episode]:
     """Episodes from a learn2learn ``Taskset``/``TaskDataset``: ``taskset.sample()`` each time.
