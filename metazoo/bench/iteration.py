@@ -3,10 +3,9 @@
 Each row is one of metazoo's experiment configs (:data:`CONFIGS`) and the same settings on both
 sides (:class:`~metazoo.bench.l2l_loops.Settings`, read from the resolved config):
 
-- ``metazoo``: what its trainer does per step, through the objects the trainer builds
-  (``build_dataset``, ``resolve_config``, ``build_objective``, ``build_optimizer``): the step's
+- ``metazoo``: its trainer's step (``metazoo.trainer.prepare`` and ``train_step``): the step's
   ``meta_batch_size`` episodes from the objective's seeded ``EpisodeSampler`` over the Omniglot
-  tensor cache, ``zero_grad``, ``meta_backward``, the optimiser's and the schedule's step;
+  tensor cache, ``zero_grad``, ``meta_backward``, the loss check, the optimiser's and the schedule's step;
 - ``learn2learn``: its example loop (:class:`~metazoo.bench.l2l_loops.Loop`) over its own Omniglot
   benchmark taskset, ``get_tasksets("omniglot", train_ways, train_samples=shots + queries).train``
   (a PNG decoded, resized and rotated per item of every task).
@@ -43,28 +42,18 @@ def resolved(learner: str, overrides: list[str], root: Path) -> tuple[Any, Any]:
     return resolve_config(config, train_set, root), train_set
 
 
-def metazoo_side(config: Any, train_set: Any) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(one trainer step with its sampling, the sampling of one step alone) of a resolved config."""
-    from ..build import build_objective, build_optimizer
+def metazoo_side(config: Any, root: Path) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(one trainer step with its sampling, the sampling of one step alone) of a config: the trainer's own
+    ``prepare`` and ``train_step`` (nothing is written: the run directory is never created)."""
+    from ..trainer import prepare, train_step
 
-    torch.manual_seed(config.train.seed)
-    objective = build_objective(config)
-    optimizer, scheduler = build_optimizer(config, objective)
-    items = objective.training_items(train_set, config)
+    run = prepare(config, Path("metazoo-bench-iteration-unused"), root, test=False)
     size, steps, sampled = config.train.meta_batch_size, itertools.count(), itertools.count()
 
     def batch(k: int) -> list:  # the trainer's step k: items k * B .. (k + 1) * B - 1
-        return [items[i] for i in range(k * size, (k + 1) * size)]
+        return [run.items[i] for i in range(k * size, (k + 1) * size)]
 
-    def step() -> None:
-        episodes = batch(next(steps))
-        objective.train()
-        optimizer.zero_grad(set_to_none=True)
-        objective.meta_backward(episodes)
-        optimizer.step()
-        scheduler.step()
-
-    return step, lambda: batch(next(sampled))
+    return (lambda: train_step(run, batch(next(steps)))), lambda: batch(next(sampled))
 
 
 def learn2learn_side(settings: Any, root: Path) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -81,10 +70,10 @@ def row(learner: str, args: argparse.Namespace, root: Path) -> tuple[list[str], 
     """One row of the table and its note (the settings both sides use)."""
     from .l2l_loops import Settings
 
-    config, train_set = resolved(learner, [], root)
+    config, _ = resolved(learner, [], root)
     settings = Settings.from_config(config)
     torch.manual_seed(args.seed)
-    step, sample = metazoo_side(config, train_set)
+    step, sample = metazoo_side(config, root)
     l2l_step, l2l_sample = learn2learn_side(settings, root)
     blocks = {"metazoo": repeat(step, args.steps), "learn2learn": repeat(l2l_step, args.steps),
               "metazoo sampling": repeat(sample, args.steps), "learn2learn sampling": repeat(l2l_sample, args.steps)}
