@@ -46,6 +46,7 @@ class Plan:
     config: Config
     cells: list = field(default_factory=list)
     evals: list = field(default_factory=list)  # per cell: its [eval] settings that differ from the run's
+    overrides: list = field(default_factory=list)  # the --set items every cell's config was loaded with
 
     @property
     def name(self) -> str:
@@ -81,7 +82,7 @@ def plan(cells: list, out: Path, overrides: list[str] = ()) -> list[Plan]:
         key = training_key(config)
         if key not in plans:
             name = f"{cell.learner_id}_{cell.ways}w{cell.shots}s-{key}"
-            plans[key] = Plan(out / cell.dataset / name, config)
+            plans[key] = Plan(out / cell.dataset / name, config, overrides=list(overrides))
         plans[key].cells.append(cell)
         run_eval = plans[key].config.to_dict()["eval"]
         plans[key].evals.append([f"eval.{k}={json.dumps(v)}" for k, v in config.to_dict()["eval"].items()
@@ -101,8 +102,9 @@ def describe(plans: list[Plan], budget: float | None) -> str:
         state = "finished" if finished(p) else ("interrupted: resumes" if (p.run_dir / LAST).exists() else "to train")
         lines.append(f"\n{p.run_dir} ({state}): {p.config.learner['name']}, {t.split} split, {t.ways}-way "
                      f"{t.shots}-shot, {t.steps} steps{f', budget {budget:g} min' if budget else ''}")
+        sets = [*p.overrides, *([f"train.max_minutes={budget:g}"] if budget else [])]
         lines.append(f"  train: metazoo train {p.cells[0].config_path} -o {p.run_dir} --no-test"
-                     + (f" --set train.max_minutes={budget:g}" if budget else ""))
+                     + "".join(f" --set {shlex.quote(item)}" for item in sets))
         for cell in p.cells:
             paper = f"paper {cell.value}" if cell.value is not None else "no paper number"
             lines.append(f"  test {cell.id} ({paper}): metazoo eval {p.run_dir} --ways {cell.ways} "

@@ -6,6 +6,7 @@ around it changes. learn2learn is optional: what needs it skips without it.
 import importlib.util
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -290,3 +291,42 @@ def test_learn2learn_tables_skip_without_learn2learn(data_root, capsys, monkeypa
     assert bench.main(["--only", "iteration,race", "--data-root", str(data_root)]) == 0
     out = capsys.readouterr().out
     assert re.findall(r"^## \((\w)\)", out, re.M) == ["e", "f"] and out.count("skipped: the peer") == 2
+
+
+def test_step_probe_times_each_step_and_its_pieces(data_root, tmp_path):
+    """``python -m metazoo.bench.step_probe OUT train ...``: one process trains as ``metazoo train`` does and
+    writes a time per step for the step and its passes; a step includes its passes."""
+    import subprocess
+    import sys
+
+    from metazoo.bench import step_probe
+    from metazoo.bench.scaling import repo_file
+
+    command = [sys.executable, "-m", "metazoo.bench.step_probe", str(tmp_path / "probe"), "train",
+               str(repo_file("experiments/omniglot/protonet_5w1s.toml")), "-o", str(tmp_path / "run"), "-q",
+               "--no-test", "--device", "cpu", "--data-root", str(data_root)]
+    for item in ("train.steps=4", "train.ways=5", "train.val_every=0", "train.val_episodes=2", "backbone.width=8"):
+        command += ["--set", item]
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    times = json.loads((tmp_path / "probe" / "rank0.json").read_text())
+    assert len(times["step"]) == len(times["compute"]) == len(times["all-reduce"]) == 4  # one process: no peers
+    assert all(0 < c <= s for c, s in zip(times["compute"], times["step"]))
+    assert (tmp_path / "run" / "last.pt").exists()
+    means = step_probe.summary(tmp_path / "probe", skip=1)
+    assert set(means) == {"rank0"} and means["rank0"]["step"] == pytest.approx(1000 * sum(times["step"][1:]) / 3)
+
+
+def test_scaling_ratios_are_taken_within_each_round(monkeypatch, tmp_path):
+    """A machine that runs twice as fast in the second round: the ratios of each round are its own."""
+    from metazoo.bench import scaling
+
+    speeds = iter([1, 1.8, 1.5, 2, 2, 3.6, 3.0, 4])  # round 1 then round 2, SETUPS' order
+    probe = {"0:rank0": {"step": 10.0, "compute": 9.0, "all-reduce": 0.5}}
+    monkeypatch.setattr(scaling, "measure", lambda *args: (next(speeds), 5.0, probe))
+    found, breakdown = scaling.rows(tmp_path, ["maml"], 1.0, rounds=2)
+    procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1")
+    assert [row[0:4] for row in found] == [["maml", "32", scaling.LABELS[s], p] for s, p in zip(scaling.SETUPS, procs)]
+    assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "3.0"]
+    assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "100% (100%, 100%)"
+    assert breakdown[0] == ["maml", "1 process 1 x 1", "process 1", "10.0", "9.0", "0.5", "0.0"]
+    assert breakdown[2][1:3] == ["torchrun (gloo)", "rank 0"]

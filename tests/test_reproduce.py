@@ -66,6 +66,16 @@ def test_the_omniglot_table_is_36_cells_on_fewer_trained_models(capsys):
     assert not Path("runs/never").exists()  # a dry run writes nothing
 
 
+def test_a_dry_run_prints_the_training_command_with_every_override(capsys):
+    from metazoo.cli import main
+
+    assert main(["reproduce", "maml/omniglot/5w1s", "--dry-run", "-o", "runs/never", "--budget", "10",
+                 "--set", "data.options.rotations=per_task"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  train: ")]
+    assert line.endswith(" --no-test --set data.options.rotations=per_task --set train.max_minutes=10")
+    assert not Path("runs/never").exists()
+
+
 def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_are_skipped(tmp_path, data_root):
     chosen = tiny_cells(tmp_path)
     plans = plan(chosen, tmp_path / "out")

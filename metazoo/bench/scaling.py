@@ -13,6 +13,12 @@ Throughput is episodes (tasks) per second of the training loop alone: global met
 between the first and the last logged ``train`` row of ``metrics.jsonl``, over the difference of those
 rows' ``seconds`` (start-up, data loading and the first ``log_every`` steps, warm-up included, are left
 out). The last column is each row's throughput over the two independent processes' sum.
+
+The configurations run in ``--rounds`` rounds (default 2), each round every configuration once in the order
+above, so a machine whose speed drifts weighs on all of them; each round's ratio is taken within the round.
+Every run goes through :mod:`metazoo.bench.step_probe`, and a second table gives where a step's time goes
+(milliseconds per step, each process: the whole step, its forward and backward passes, the reduction across
+the processes, the stop agreement) in the last round.
 """
 from __future__ import annotations
 
@@ -22,24 +28,31 @@ import os
 import subprocess
 import sys
 import tempfile
+import statistics
 import time
 from pathlib import Path
 from typing import Sequence
 
+from ..config import load_config
 from ..data import data_root
+from . import step_probe
 from .common import machine, table
 
 CONFIGS = {
-    # learner: (config, --set overrides, steps, log_every); the meta-batch divides by 2 ranks
+    # name: (config, --set overrides, steps, log_every); the meta-batch divides by 2 ranks
     "protonet": ("experiments/omniglot/protonet_5w1s.toml",
                  ["train.ways=20", "train.meta_batch_size=2"], 90, 10),
-    "maml": ("experiments/omniglot/maml_5w1s.toml", ["train.meta_batch_size=8"], 400, 50),
+    "maml": ("experiments/omniglot/maml_5w1s.toml", [], 120, 20),  # the paper's meta-batch, 32 tasks
+    "maml-mb8": ("experiments/omniglot/maml_5w1s.toml", ["train.meta_batch_size=8"], 400, 50),  # short steps
 }
 COMMON = ["train.split=train", "train.val_every=0", "train.val_episodes=5"]
 SETUPS = ("1 x 1", "1 x 2", "torchrun 2 x 1", "2 independent x 1")
 LABELS = {"1 x 1": "1 process", "1 x 2": "1 process", "torchrun 2 x 1": "torchrun (gloo)",
           "2 independent x 1": "2 independent processes"}
-HEADER = ("learner", "configuration", "processes x threads", "episodes/s", "process wall s", "/ 2 independent")
+HEADER = ("learner", "meta-batch", "configuration", "processes x threads", "episodes/s", "process wall s",
+          "/ 2 independent")
+BREAKDOWN = ("learner", "configuration", "process", "step ms", "forward + backward ms", "reduction ms",
+             "stop agreement ms")
 
 
 def repo_file(path: str) -> Path:
@@ -47,16 +60,20 @@ def repo_file(path: str) -> Path:
     return Path(__file__).resolve().parents[2] / path
 
 
-def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool) -> tuple[list[str], int, int]:
+def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool,
+                  probe: Path | None = None) -> tuple[list[str], int, int]:
+    """The command that trains configuration ``learner`` into ``out`` (through the step probe when ``probe``
+    names its folder), its steps and its meta-batch."""
     config, sets, steps, log_every = CONFIGS[learner]
     steps = max(2 * log_every, round(steps * scale / log_every) * log_every)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
         else [sys.executable]
-    command = [*launch, "-m", "metazoo.cli", "train", str(repo_file(config)), "-o", str(out), "-q", "--no-test",
+    entry = ["-m", "metazoo.bench.step_probe", str(probe)] if probe else ["-m", "metazoo.cli"]
+    command = [*launch, *entry, "train", str(repo_file(config)), "-o", str(out), "-q", "--no-test",
                "--device", "cpu", "--data-root", str(root)]
     for item in [*COMMON, *sets, f"train.steps={steps}", f"train.log_every={log_every}"]:
         command += ["--set", item]
-    return command, steps, int(sets[-1].split("=")[1])
+    return command, steps, load_config(repo_file(config), sets).train.meta_batch_size
 
 
 def throughput(run: Path, meta_batch: int) -> float:
@@ -78,53 +95,81 @@ def finish(proc: subprocess.Popen, command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command)} exited with {proc.returncode}:\n{output[-3000:]}")
 
 
-def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> tuple[float, float]:
-    """(episodes/s, wall seconds of the process(es)) of one configuration."""
-    runs = [work / f"{learner}-{setup.replace(' ', '_')}-{i}" for i in range(2 if setup.startswith("2 ind") else 1)]
+def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> tuple[float, float, dict]:
+    """(episodes/s, wall seconds of the process(es), the step probe's summary) of one configuration."""
+    name = f"{learner}-{setup.replace(' ', '_')}"
+    runs = [work / f"{name}-{i}" for i in range(2 if setup.startswith("2 ind") else 1)]
     threads = 2 if setup == "1 x 2" else 1
-    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"))[0] for run in runs]
+    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"), work / f"{run.name}-probe")[0]
+                for run in runs]
     meta_batch = train_command(learner, runs[0], root, scale, False)[2]
     start = time.perf_counter()
     procs = [launch(c, threads) for c in commands]
     for proc, command in zip(procs, commands):
         finish(proc, command)
     wall = time.perf_counter() - start
-    return sum(throughput(run, meta_batch) for run in runs), wall
+    probes = {f"{i}:{rank}": times for i, run in enumerate(runs)
+              for rank, times in step_probe.summary(work / f"{run.name}-probe").items()}
+    return sum(throughput(run, meta_batch) for run in runs), wall, probes
 
 
-def rows(root: Path, learners: Sequence[str], scale: float) -> list[list[str]]:
-    found = []
-    with tempfile.TemporaryDirectory(prefix="metazoo-scaling-") as tmp:
-        for learner in learners:
-            rates = {setup: measure(learner, setup, root, scale, Path(tmp)) for setup in SETUPS}
-            ceiling = rates["2 independent x 1"][0]
-            for setup, (rate, wall) in rates.items():
-                procs = "2 x 1" if setup.startswith(("torchrun", "2 ind")) else setup
-                found.append([learner, LABELS[setup], procs, f"{rate:.1f}", f"{wall:.0f}", f"{rate / ceiling:.0%}"])
-    return found
+def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> tuple[list[list[str]], list[list[str]]]:
+    """The throughput table's rows (means over the rounds; each round's ratio in brackets) and the step
+    breakdown's (the last round)."""
+    found, breakdown = [], []
+    for learner in learners:
+        rates: dict = {setup: [] for setup in SETUPS}
+        for round_ in range(rounds):
+            with tempfile.TemporaryDirectory(prefix="metazoo-scaling-") as tmp:
+                for setup in SETUPS:
+                    rates[setup].append(measure(learner, setup, root, scale, Path(tmp)))
+        meta_batch = train_command(learner, Path("x"), root, scale, False)[2]
+        ceilings = [rate for rate, _, _ in rates["2 independent x 1"]]
+        for setup, measured in rates.items():
+            ratios = [rate / ceiling for (rate, _, _), ceiling in zip(measured, ceilings)]
+            shown = f"{statistics.fmean(ratios):.0%}" + (f" ({', '.join(f'{r:.0%}' for r in ratios)})"
+                                                         if rounds > 1 else "")
+            procs = "2 x 1" if setup.startswith(("torchrun", "2 ind")) else setup
+            found.append([learner, str(meta_batch), LABELS[setup], procs,
+                          f"{statistics.fmean(r for r, _, _ in measured):.1f}",
+                          f"{statistics.fmean(w for _, w, _ in measured):.0f}", shown])
+            for process, ms in measured[-1][2].items():
+                run, rank = process.split(":rank")
+                name = f"rank {rank}" if setup.startswith("torchrun") else f"process {int(run) + 1}"
+                breakdown.append([learner, f"{LABELS[setup]} {procs if setup.startswith('1 x') else ''}".strip(),
+                                  name, *(f"{ms.get(piece, 0.0):.1f}" for piece in step_probe.PIECES)])
+    return found, breakdown
 
 
-def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 1.0) -> str:
+def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 1.0, rounds: int = 2) -> str:
     steps = ", ".join(f"{name} {train_command(name, Path('x'), root, scale, False)[1]} steps" for name in learners)
+    found, breakdown = rows(root, learners, scale, rounds)
     notes = (f"Episodes/s of the training loop between the first and last logged rows of metrics.jsonl "
-             f"(start-up and the first log interval left out); {steps}; process wall s: the launch to the "
-             "exit, start-up, data loading and the final validation included. Last column: the row's "
-             "episodes/s over the two independent processes' sum.")
-    return f"## (d) CPU scaling, 1 or 2 processes\n\n{table(HEADER, rows(root, learners, scale))}\n\n{notes}\n"
+             f"(start-up and the first log interval left out), the mean of {rounds} round(s); {steps}; process "
+             "wall s: the launch to the exit, start-up, data loading and the final validation included. Last "
+             "column: the row's episodes/s over the same round's two independent processes' sum (the mean, and "
+             "each round's).")
+    where = ("Where a step's time goes (the last round; mean ms per step after the first 10; "
+             "reduction: metazoo.distributed.reduce_step, the flattened gradients, buffers and metrics summed "
+             "across the processes, waiting for the slower one included; stop agreement: metazoo.distributed.most)")
+    return (f"## (d) CPU scaling, 1 or 2 processes\n\n{table(HEADER, found)}\n\n{notes}\n\n{where}\n\n"
+            f"{table(BREAKDOWN, breakdown)}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m metazoo.bench.scaling", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", help="data root holding omniglot/ (default: $METAZOO_DATA, else ~/.metazoo/data)")
-    p.add_argument("--learners", default=",".join(CONFIGS), help="comma-separated from protonet,maml (default: both)")
+    p.add_argument("--learners", default=",".join(CONFIGS),
+                   help=f"configurations, comma-separated from {','.join(CONFIGS)} (default: all)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps (default 1)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration (default 2)")
     args = p.parse_args(argv)
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
     if not learners or any(name not in CONFIGS for name in learners):
         p.error(f"--learners: give one or more of {','.join(CONFIGS)}")
     start = time.perf_counter()
     print(f"machine: {machine()}\n", flush=True)
-    print(report(data_root(args.data_root), learners, args.scale), flush=True)
+    print(report(data_root(args.data_root), learners, args.scale, args.rounds), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0
 
