@@ -28,7 +28,7 @@ def image_device(config: Config, device: torch.device) -> torch.device:
     gathered there and only their classes and image indices cross from the host; on the CPU with
     ``train.num_workers`` > 0 (the workers draw and gather the episodes in other processes, which cannot
     index a GPU's tensors: CUDA does not survive a fork, and each worker would hold its own copy), and for
-    objectives whose items index the images on the CPU (``gathers_on_device`` false: multi-task batches)."""
+    objectives whose items index the images on the CPU (``gathers_on_device`` false, e.g. a plugin's)."""
     load_plugins(config.plugins)
     gathers = objective_factory(config.learner.get("name", "protonet")).gathers_on_device
     return device if gathers and config.train.num_workers == 0 else torch.device("cpu")

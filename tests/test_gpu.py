@@ -14,6 +14,8 @@ from metazoo.cli import main
 from metazoo.config import from_dict
 from metazoo.data import EpisodeSampler, FewShotDataset
 from metazoo.errors import NonFiniteLossError
+from metazoo.multitask.objective import MultiTaskObjective
+from metazoo.multitask.tasks import class_group_tasks
 from metazoo.objective import autocast
 from metazoo.trainer import meta_train, prepare
 from metazoo.trainer import test_run as reevaluate
@@ -66,13 +68,27 @@ def test_a_dataset_moved_to_a_device_gives_the_episodes_of_the_host_bit_for_bit(
     assert [digest(e) for e in episodes] == ["25b19e725707140b", "d37ba87e30efd8ce", "79372b1875f487d8"]
 
 
-def test_a_run_keeps_its_images_on_its_device_unless_workers_or_its_objective_index_them_on_the_host(data_root):
+def test_a_run_keeps_its_images_on_its_device_unless_workers_or_its_objective_index_them_on_the_host(
+        data_root, monkeypatch):
     gpu = torch.device("cuda")  # (a name only: nothing is allocated)
     assert image_device(tiny(data_root, device="cpu"), gpu) == gpu
     assert image_device(tiny(data_root, device="cpu", num_workers=2), gpu) == torch.device("cpu")
     multitask = from_dict({"learner": {"name": "multitask"}, "multitask": {"tasks": "alphabets"}})
+    assert image_device(multitask, gpu) == gpu  # its task batches are gathered there too
+    monkeypatch.setattr(MultiTaskObjective, "gathers_on_device", False)  # as an objective that indexes on the host
     assert image_device(multitask, gpu) == torch.device("cpu")
     assert image_device(tiny(data_root, device="cpu"), torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda, pytest.mark.gpu])])
+def test_multitask_batches_are_gathered_where_the_images_are_the_same_as_on_the_host(device):
+    data = noisy()
+    host, moved = class_group_tasks(data, groups=2), class_group_tasks(data.to(device), groups=2)
+    positions = torch.tensor([0, 3, 2, 5])
+    for task in (0, 1):
+        mine, theirs = moved.batch(task, positions), host.batch(task, positions)
+        assert mine.inputs.device.type == device and mine.targets.device.type == "cpu"
+        assert torch.equal(mine.inputs.cpu(), theirs.inputs) and torch.equal(mine.targets, theirs.targets)
 
 
 @cuda
@@ -178,3 +194,19 @@ def test_a_non_finite_loss_on_cuda_stops_at_the_next_check_before_a_checkpoint(t
         if (tmp_path / "run" / name).exists():
             state = torch.load(tmp_path / "run" / name, weights_only=True)
             assert all(torch.isfinite(v).all() for v in state["learner"].values() if v.is_floating_point()), name
+
+
+@cuda
+@pytest.mark.gpu
+def test_a_multitask_run_on_cuda_gathers_its_task_batches_there_and_trains(tmp_path, data_root):
+    config = from_dict({
+        "learner": {"name": "multitask", "sharing": "multihead", "hidden": 16},
+        "backbone": {"name": "conv4", "width": 8}, "data": {"dataset": "omniglot", "root": str(data_root)},
+        "multitask": {"tasks": "alphabets", "items_per_task": 8},
+        "train": {"steps": 2, "meta_batch_size": 3, "val_every": 2, "log_every": 1, "device": "cuda"},
+        "eval": {"protocol": "multitask"}})
+    run = prepare(config, tmp_path / "prepared", None)
+    assert run.items.taskset.dataset.images.device.type == "cuda"
+    assert run.items[0].inputs.device.type == "cuda"
+    summary = meta_train(config, tmp_path / "run", progress=False)
+    assert summary["test"]["device"].startswith("cuda") and 0 <= summary["test"]["mean"] <= 1

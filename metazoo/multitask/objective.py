@@ -46,6 +46,7 @@ class MultiTaskObjective(Objective):
     """
 
     loss_is_item_mean = False  # task weightings and the penalty: not a mean over the step's task batches
+    gathers_on_device = True  # TaskSet.batch gathers where the images are
 
     def __init__(self, backbone: nn.Module, outputs: Sequence[int] = (5,), losses: Sequence[str] | None = None,
                  descriptor_size: int | None = None, sharing: str = "film", hidden: int = 256,

@@ -95,8 +95,11 @@ class TaskSet:
         return out
 
     def batch(self, task: int, positions: torch.Tensor) -> TaskBatch:
-        """Task ``task``'s items at ``positions`` (into ``items[task]``) as float inputs and targets."""
-        images = self.dataset.images.index_select(0, self.items[task][positions])
+        """Task ``task``'s items at ``positions`` (into ``items[task]``) as float inputs and targets, gathered
+        where the dataset's images are (a GPU's, see :func:`metazoo.build.image_device`): only the item indices
+        cross, asynchronously; the targets stay on the host."""
+        index = self.items[task][positions].to(self.dataset.images.device, non_blocking=True)
+        images = self.dataset.images.index_select(0, index)
         return TaskBatch(task, self.dataset.to_float(images), self.targets[task][positions])
 
 
@@ -171,7 +174,7 @@ def attribute_tasks(dataset: FewShotDataset, **holdout) -> TaskSet:
         index = torch.tensor([values.index(key) for key in keys])
         tasks.append(Task(name, len(values)))
         targets.append(index[image_class])
-    ink = torch.cat([dataset.to_float(chunk).mean((1, 2, 3)) for chunk in dataset.images.split(4096)])
+    ink = torch.cat([dataset.to_float(chunk).mean((1, 2, 3)).cpu() for chunk in dataset.images.split(4096)])
     tasks.append(Task("ink", 1, "regression"))
     targets.append(((ink - ink.mean()) / ink.std())[:, None])
     return TaskSet(dataset, tasks, [every] * len(tasks), targets, **holdout)
