@@ -323,10 +323,10 @@ def test_scaling_ratios_are_taken_within_each_round(monkeypatch, tmp_path):
     speeds = iter([1, 1.8, 1.5, 2, 2, 3.6, 3.0, 4])  # round 1 then round 2, SETUPS' order
     probe = {"0:rank0": {"step": 10.0, "compute": 9.0, "all-reduce": 0.5}}
     monkeypatch.setattr(scaling, "measure", lambda *args: (next(speeds), 5.0, probe))
-    found, breakdown = scaling.rows(tmp_path, ["maml"], 1.0, rounds=2)
+    found, breakdown = scaling.rows(tmp_path, ["maml-mb8"], 1.0, rounds=2)
     procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1")
-    assert [row[0:4] for row in found] == [["maml", "32", scaling.LABELS[s], p] for s, p in zip(scaling.SETUPS, procs)]
+    assert [row[0:4] for row in found] == [["maml", "8", scaling.LABELS[s], p] for s, p in zip(scaling.SETUPS, procs)]
     assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "3.0"]
     assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "100% (100%, 100%)"
-    assert breakdown[0] == ["maml", "1 process 1 x 1", "process 1", "10.0", "9.0", "0.5", "0.0"]
-    assert breakdown[2][1:3] == ["torchrun (gloo)", "rank 0"]
+    assert breakdown[0] == ["maml", "8", "1 process 1 x 1", "process 1", "10.0", "9.0", "0.5", "0.0"]
+    assert breakdown[2][2:4] == ["torchrun (gloo)", "rank 0"]

@@ -25,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import statistics
 import time
 from pathlib import Path
 from typing import Sequence
@@ -51,7 +51,7 @@ LABELS = {"1 x 1": "1 process", "1 x 2": "1 process", "torchrun 2 x 1": "torchru
           "2 independent x 1": "2 independent processes"}
 HEADER = ("learner", "meta-batch", "configuration", "processes x threads", "episodes/s", "process wall s",
           "/ 2 independent")
-BREAKDOWN = ("learner", "configuration", "process", "step ms", "forward + backward ms", "reduction ms",
+BREAKDOWN = ("learner", "meta-batch", "configuration", "process", "step ms", "forward + backward ms", "reduction ms",
              "stop agreement ms")
 
 
@@ -130,14 +130,15 @@ def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> 
             shown = f"{statistics.fmean(ratios):.0%}" + (f" ({', '.join(f'{r:.0%}' for r in ratios)})"
                                                          if rounds > 1 else "")
             procs = "2 x 1" if setup.startswith(("torchrun", "2 ind")) else setup
-            found.append([learner, str(meta_batch), LABELS[setup], procs,
+            found.append([learner.split("-")[0], str(meta_batch), LABELS[setup], procs,
                           f"{statistics.fmean(r for r, _, _ in measured):.1f}",
                           f"{statistics.fmean(w for _, w, _ in measured):.0f}", shown])
             for process, ms in measured[-1][2].items():
                 run, rank = process.split(":rank")
                 name = f"rank {rank}" if setup.startswith("torchrun") else f"process {int(run) + 1}"
-                breakdown.append([learner, f"{LABELS[setup]} {procs if setup.startswith('1 x') else ''}".strip(),
-                                  name, *(f"{ms.get(piece, 0.0):.1f}" for piece in step_probe.PIECES)])
+                label = f"{LABELS[setup]} {setup}" if setup.startswith("1 x") else LABELS[setup]
+                breakdown.append([learner.split("-")[0], str(meta_batch), label, name,
+                                  *(f"{ms.get(piece, 0.0):.1f}" for piece in step_probe.PIECES)])
     return found, breakdown
 
 
