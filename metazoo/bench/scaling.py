@@ -60,28 +60,36 @@ def repo_file(path: str) -> Path:
     return Path(__file__).resolve().parents[2] / path
 
 
-def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool,
-                  probe: Path | None = None) -> tuple[list[str], int, int]:
-    """The command that trains configuration ``learner`` into ``out`` (through the step probe when ``probe``
-    names its folder), its steps and its meta-batch."""
-    config, sets, steps, log_every = CONFIGS[learner]
-    steps = max(2 * log_every, round(steps * scale / log_every) * log_every)
+def steps(learner: str, scale: float) -> int:
+    """Training steps of configuration ``learner`` (a whole number of log intervals, at least two)."""
+    _, _, count, log_every = CONFIGS[learner]
+    return max(2 * log_every, round(count * scale / log_every) * log_every)
+
+
+def meta_batch(learner: str) -> int:
+    config, sets, _, _ = CONFIGS[learner]
+    return load_config(repo_file(config), sets).train.meta_batch_size
+
+
+def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool, probe: Path) -> list[str]:
+    """The command that trains configuration ``learner`` into ``out`` through the step probe (writing to
+    ``probe``), as one process or as two torchrun ranks."""
+    config, sets, _, log_every = CONFIGS[learner]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
         else [sys.executable]
-    entry = ["-m", "metazoo.bench.step_probe", str(probe)] if probe else ["-m", "metazoo.cli"]
-    command = [*launch, *entry, "train", str(repo_file(config)), "-o", str(out), "-q", "--no-test",
-               "--device", "cpu", "--data-root", str(root)]
-    for item in [*COMMON, *sets, f"train.steps={steps}", f"train.log_every={log_every}"]:
+    command = [*launch, "-m", "metazoo.bench.step_probe", str(probe), "train", str(repo_file(config)), "-o", str(out),
+               "-q", "--no-test", "--device", "cpu", "--data-root", str(root)]
+    for item in [*COMMON, *sets, f"train.steps={steps(learner, scale)}", f"train.log_every={log_every}"]:
         command += ["--set", item]
-    return command, steps, load_config(repo_file(config), sets).train.meta_batch_size
+    return command
 
 
-def throughput(run: Path, meta_batch: int) -> float:
+def throughput(run: Path, size: int) -> float:
     """Episodes/s between the first and the last logged training row of ``run/metrics.jsonl``."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("split") == "train"]
     first, last = rows[0], rows[-1]
-    return meta_batch * (last["step"] - first["step"]) / (last["seconds"] - first["seconds"])
+    return size * (last["step"] - first["step"]) / (last["seconds"] - first["seconds"])
 
 
 def launch(command: list[str], threads: int) -> subprocess.Popen:
@@ -100,9 +108,8 @@ def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> t
     name = f"{learner}-{setup.replace(' ', '_')}"
     runs = [work / f"{name}-{i}" for i in range(2 if setup.startswith("2 ind") else 1)]
     threads = 2 if setup == "1 x 2" else 1
-    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"), work / f"{run.name}-probe")[0]
+    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"), work / f"{run.name}-probe")
                 for run in runs]
-    meta_batch = train_command(learner, runs[0], root, scale, False)[2]
     start = time.perf_counter()
     procs = [launch(c, threads) for c in commands]
     for proc, command in zip(procs, commands):
@@ -110,7 +117,7 @@ def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> t
     wall = time.perf_counter() - start
     probes = {f"{i}:{rank}": times for i, run in enumerate(runs)
               for rank, times in step_probe.summary(work / f"{run.name}-probe").items()}
-    return sum(throughput(run, meta_batch) for run in runs), wall, probes
+    return sum(throughput(run, meta_batch(learner)) for run in runs), wall, probes
 
 
 def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> tuple[list[list[str]], list[list[str]]]:
@@ -123,30 +130,30 @@ def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> 
             with tempfile.TemporaryDirectory(prefix="metazoo-scaling-") as tmp:
                 for setup in SETUPS:
                     rates[setup].append(measure(learner, setup, root, scale, Path(tmp)))
-        meta_batch = train_command(learner, Path("x"), root, scale, False)[2]
+        size = meta_batch(learner)
         ceilings = [rate for rate, _, _ in rates["2 independent x 1"]]
         for setup, measured in rates.items():
             ratios = [rate / ceiling for (rate, _, _), ceiling in zip(measured, ceilings)]
             shown = f"{statistics.fmean(ratios):.0%}" + (f" ({', '.join(f'{r:.0%}' for r in ratios)})"
                                                          if rounds > 1 else "")
             procs = "2 x 1" if setup.startswith(("torchrun", "2 ind")) else setup
-            found.append([learner.split("-")[0], str(meta_batch), LABELS[setup], procs,
+            found.append([learner.split("-")[0], str(size), LABELS[setup], procs,
                           f"{statistics.fmean(r for r, _, _ in measured):.1f}",
                           f"{statistics.fmean(w for _, w, _ in measured):.0f}", shown])
             for process, ms in measured[-1][2].items():
                 run, rank = process.split(":rank")
                 name = f"rank {rank}" if setup.startswith("torchrun") else f"process {int(run) + 1}"
                 label = f"{LABELS[setup]} {setup}" if setup.startswith("1 x") else LABELS[setup]
-                breakdown.append([learner.split("-")[0], str(meta_batch), label, name,
+                breakdown.append([learner.split("-")[0], str(size), label, name,
                                   *(f"{ms.get(piece, 0.0):.1f}" for piece in step_probe.PIECES)])
     return found, breakdown
 
 
 def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 1.0, rounds: int = 2) -> str:
-    steps = ", ".join(f"{name} {train_command(name, Path('x'), root, scale, False)[1]} steps" for name in learners)
+    counts = ", ".join(f"{name} {steps(name, scale)} steps" for name in learners)
     found, breakdown = rows(root, learners, scale, rounds)
     notes = (f"Episodes/s of the training loop between the first and last logged rows of metrics.jsonl "
-             f"(start-up and the first log interval left out), the mean of {rounds} round(s); {steps}; process "
+             f"(start-up and the first log interval left out), the mean of {rounds} round(s); {counts}; process "
              "wall s: the launch to the exit, start-up, data loading and the final validation included. Last "
              "column: the row's episodes/s over the same round's two independent processes' sum (the mean, and "
              "each round's).")
