@@ -114,6 +114,10 @@ class TrainConfig:
                                   "training process, gathering them on the training device from images kept "
                                   "there; with workers the images stay on the CPU). The episodes are the same for "
                                   "any number.", least=0)
+    pin_cores: bool = setting(False, "Under torchrun: bind each process to its own block of `OMP_NUM_THREADS` CPU "
+                                     "cores (local rank r: the r-th block of the cores the process may use), so "
+                                     "the ranks neither share nor swap cores; an error where the machine has too "
+                                     "few. No effect with one process (docs/distributed.md).")
     tensorboard: bool = setting(False, "Also write the metrics rows as TensorBoard scalars into the run directory "
                                        "(needs the `tensorboard` extra: `pip install metazoo[tensorboard]`).")
 

@@ -45,6 +45,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", str(rank())))
 
 
+def local_world_size() -> int:
+    """Processes of the run on this machine (``LOCAL_WORLD_SIZE``; all of them when torchrun does not say)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+
+
 def is_main() -> bool:
     """Rank 0: the one process that writes checkpoints, metrics, config.toml and results."""
     return rank() == 0
@@ -64,6 +69,29 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and world_size() > 1:
         return torch.device("cuda", local_rank())
     return device
+
+
+def pin_cores(threads: int) -> list[int] | None:
+    """With several processes on this machine, bind this one to its own block of ``threads`` CPU cores: local
+    rank r takes the r-th block of the cores this process may use (``os.sched_getaffinity``), so the ranks
+    neither share a core nor move between cores. Every thread of the process, and those it starts later, keep
+    to the block. Returns the cores (None with one process: nothing to share). An error, before anything is
+    bound, where the blocks do not fit in those cores or the system cannot bind."""
+    local = local_world_size()
+    if world_size() == 1 or local == 1:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise RuntimeError("train.pin_cores: this system cannot bind processes to cores (no os.sched_setaffinity); "
+                           "set train.pin_cores = false")
+    available = sorted(os.sched_getaffinity(0))
+    if local * threads > len(available):
+        raise ValueError(f"train.pin_cores: {local} processes x {threads} threads (OMP_NUM_THREADS) need "
+                         f"{local * threads} cores, but this process may use {len(available)} ({available}); "
+                         "use fewer threads or processes, or set train.pin_cores = false")
+    cores = available[local_rank() * threads:(local_rank() + 1) * threads]
+    for thread in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
+        os.sched_setaffinity(int(thread), cores)
+    return cores
 
 
 @contextlib.contextmanager
@@ -123,26 +151,35 @@ def gather(values: list) -> list:
 
 
 def reduce_step(parameters: Iterable[torch.Tensor], buffers: Iterable[torch.Tensor], stats: dict,
-                share: float) -> dict:
+                share: float, flags: Sequence[bool] = ()) -> tuple[dict, list[bool] | None]:
     """Sum over ranks of ``share`` x each rank's gradients, floating buffers (BatchNorm's running statistics)
     and metrics, in one all-reduce; ``share`` is the rank's fraction of the step's items, so gradients and
-    metrics become the mean over all the step's items, as one process computes it. Returns the metrics.
-    Every rank must hold gradients for the same parameters (true of one model running the same code)."""
+    metrics become the mean over all the step's items, as one process computes it. Every rank must hold
+    gradients for the same parameters (true of one model running the same code).
+
+    ``flags`` (each rank's reasons to stop) ride in the same all-reduce when it runs on the host (gloo, CPU
+    tensors), so agreeing on them costs no collective of its own. Returns the metrics, and for each flag
+    whether any rank raised it; None instead where the reduction ran on a GPU, since reading the flags there
+    would wait for the device: agree with :func:`most` on the host then."""
     if not _joined():
-        return stats
+        return stats, list(flags)
     grads = [p.grad for p in parameters if p.grad is not None]
     buffers = [b for b in buffers if b.is_floating_point()]
     keys = sorted(stats)
     device = (grads or buffers)[0].device if grads or buffers else torch.device("cpu")
     metrics = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32, device=device) for k in keys])
     flat = torch.cat([t.reshape(-1).float() for t in (*grads, *buffers)] + [metrics]) * share
+    carried = device.type == "cpu"
+    if carried:
+        flat = torch.cat([flat, torch.tensor([float(f) for f in flags])])
     with collective("gradient all-reduce"):
         dist.all_reduce(flat)
     start = 0
     for t in (*grads, *buffers):
         t.copy_(flat[start:start + t.numel()].view_as(t))
         start += t.numel()
-    return dict(zip(keys, flat[start:]))
+    raised = [bool(v > 0) for v in flat[start + len(keys):].tolist()] if carried else None
+    return dict(zip(keys, flat[start:start + len(keys)])), raised
 
 
 def most(value: int, host_group: object = None) -> int:

@@ -112,7 +112,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
 
 
 RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
-             "train.tensorboard", "data.root")
+             "train.pin_cores", "train.tensorboard", "data.root")
 
 
 def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:
@@ -219,9 +219,9 @@ def stop_on_signals(run):
         return
 
     def ask(signum, frame):
-        if run.stopped == "signal":
+        if run.requested == "signal":
             raise KeyboardInterrupt
-        run.stopped = "signal"
+        run.requested = "signal"
         LOG.warning(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
 
     previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}

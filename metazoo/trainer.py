@@ -49,7 +49,9 @@ class Training:
     seconds_before: float = 0.0  # training seconds of earlier sessions (a resumed run)
     started: float = field(default_factory=time.perf_counter)
     validated: int = 0  # the step of the latest checkpoint
-    stopped: str | None = None
+    stopped: str | None = None  # the reason to stop that the ranks agreed on (STOPS)
+    requested: str | None = None  # this rank's own reason (the budget, a signal), until they agree on it
+    agreed: int | None = None  # the STOPS index the last step's reduction carried (None: not carried, ask)
     host_group: object = None  # torchrun: the group that agrees on stopping without a device sync
     check_every_step: bool = True  # the loss is checked every step (CPU), else at log and validation steps
     bad_step: torch.Tensor | None = None  # on the device: the first step whose loss was not finite (0: none yet)
@@ -114,6 +116,10 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
     if resume and not (run_dir / LAST).exists() and distributed.is_main():
         LOG.warning(f"--resume: {run_dir} holds no checkpoint ({LAST}) yet, so the run starts from step 0")
     check_processes(config)
+    if config.train.pin_cores:
+        cores = distributed.pin_cores(torch.get_num_threads())
+        if cores is not None:
+            LOG.info(f"rank {distributed.rank()}: bound to cores {cores} (train.pin_cores)")
     with distributed.session(resolve_device(config.train.device)) as host_group:
         run = prepare(config, run_dir, data_root, test)
         run.host_group = host_group
@@ -221,6 +227,14 @@ def restore(run: Training) -> None:
 STOPS = (None, "budget", "signal")  # reasons to stop, in the order the ranks agree on them (the last wins)
 
 
+def stop_flags(run: Training) -> list[bool]:
+    """This rank's reason to stop now, as flags for the agreement in the step's reduction: flag k is raised when
+    the reason is ``STOPS[k + 1]`` or a later one, so the number of flags any rank raised is the agreed index."""
+    if run.over_budget() and STOPS.index(run.requested) < STOPS.index("budget"):
+        run.requested = "budget"
+    return [STOPS.index(run.requested) > k for k in range(len(STOPS) - 1)]
+
+
 def train_steps(run: Training, progress: bool) -> None:
     """Steps ``run.step + 1 .. train.steps``: log every ``log_every``, validate and checkpoint every
     ``val_every`` and at the end; with ``train.max_minutes``, stop at the first step past the budget
@@ -231,9 +245,9 @@ def train_steps(run: Training, progress: bool) -> None:
     first, shown = run.step, None if bar.disable else bar
     with MetricsLog(run.run_dir, t.tensorboard, run.step, write=distributed.is_main()) as metrics:
         for step, batch in enumerate(step_loader(run), run.step + 1):
-            if run.over_budget():
-                run.stopped = "budget"
-            run.stopped = STOPS[distributed.most(STOPS.index(run.stopped), run.host_group)]
+            if run.agreed is None:  # the first step, or the last reduction could not carry the agreement
+                run.agreed = distributed.most(sum(stop_flags(run)), run.host_group)
+            run.stopped, run.agreed = STOPS[run.agreed], None
             if run.stopped:
                 break
             run.step = step
@@ -287,8 +301,9 @@ def train_step(run: Training, batch: list) -> dict:
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run.device, run.config.train.amp):
         stats = run.objective.meta_backward([item.to(run.device) for item in batch])
-    stats = distributed.reduce_step(run.objective.parameters(), run.objective.buffers(), stats,
-                                    len(batch) / run.config.train.meta_batch_size)
+    stats, raised = distributed.reduce_step(run.objective.parameters(), run.objective.buffers(), stats,
+                                            len(batch) / run.config.train.meta_batch_size, stop_flags(run))
+    run.agreed = None if raised is None else sum(raised)  # whether the ranks go on to the next step
     run.watch(stats["loss"])
     if run.check_every_step:
         run.check_losses()

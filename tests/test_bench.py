@@ -320,13 +320,26 @@ def test_scaling_ratios_are_taken_within_each_round(monkeypatch, tmp_path):
     """A machine that runs twice as fast in the second round: the ratios of each round are its own."""
     from metazoo.bench import scaling
 
-    speeds = iter([1, 1.8, 1.5, 2, 2, 3.6, 3.0, 4])  # round 1 then round 2, SETUPS' order
+    speeds = iter([1, 1.8, 1.5, 1.8, 2, 2, 3.6, 3.0, 3.6, 4])  # round 1 then round 2, SETUPS' order
     probe = {"0:rank0": {"step": 10.0, "compute": 9.0, "all-reduce": 0.5}}
     monkeypatch.setattr(scaling, "measure", lambda *args: (next(speeds), 5.0, probe))
     found, breakdown = scaling.rows(tmp_path, ["maml-mb8"], 1.0, rounds=2)
-    procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1")
+    procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1", "2 x 1")
     assert [row[0:4] for row in found] == [["maml", "8", scaling.LABELS[s], p] for s, p in zip(scaling.SETUPS, procs)]
-    assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "3.0"]
-    assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "100% (100%, 100%)"
+    assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "2.7", "3.0"]
+    assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "90% (90%, 90%)" and found[4][6] == "100% (100%, 100%)"
     assert breakdown[0] == ["maml", "8", "1 process 1 x 1", "process 1", "10.0", "9.0", "0.5", "0.0"]
     assert breakdown[2][2:4] == ["torchrun (gloo)", "rank 0"]
+    assert breakdown[3][2:4] == ["torchrun (gloo), ranks pinned", "rank 0"]
+
+
+def test_scaling_runs_the_chosen_setups_beside_the_independent_ceiling(monkeypatch, tmp_path):
+    from metazoo.bench import scaling
+
+    seen = []
+    monkeypatch.setattr(scaling, "measure", lambda learner, setup, *args: seen.append(setup) or (1.0, 5.0, {}))
+    found, _ = scaling.rows(tmp_path, ["maml"], 1.0, rounds=1, setups=["torchrun 2 x 1 pinned"])
+    assert seen == ["torchrun 2 x 1 pinned", "2 independent x 1"] and len(found) == 2
+    command = scaling.train_command("maml", tmp_path / "run", tmp_path, 1.0, True, tmp_path / "probe", pinned=True)
+    assert command[-2:] == ["--set", "train.pin_cores=true"] and "--nproc_per_node=2" in command
+    assert "train.pin_cores=true" not in scaling.train_command("maml", tmp_path, tmp_path, 1.0, True, tmp_path)

@@ -58,6 +58,12 @@ def rank_main(rank: int, world: int, port: int, jobs: list) -> None:
             if job == "train":
                 config, run_dir, resume = args
                 meta_train(from_dict(config), run_dir, resume=resume, progress=False)
+            elif job == "budget":  # rank 1 alone finds the budget spent from step 3 on: both stop there
+                config, run_dir = args
+                from metazoo.trainer import Training
+
+                Training.over_budget = lambda self: rank == 1 and self.step >= 3
+                meta_train(from_dict(config), run_dir, progress=False, test=False)
             elif job == "eval":  # a run's last weights, the result written by rank 0 to `out`
                 run_dir, out = args
                 result = reevaluate(run_dir, "last", write=False)
@@ -74,18 +80,20 @@ def reduce_once(rank: int, out: str) -> None:
     with_grad, without = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     with_grad.grad = torch.full((3,), rank + 1.0)
     buffer, count = torch.full((2,), 10.0 * (rank + 1)), torch.tensor(rank + 1)  # count: not a float, kept
-    stats = distributed.reduce_step([with_grad, without], [buffer, count],
-                                    {"loss": torch.tensor(float(rank)), "accuracy": 0.5 + 0.5 * rank}, 0.5)
+    stats, raised = distributed.reduce_step([with_grad, without], [buffer, count],
+                                            {"loss": torch.tensor(float(rank)), "accuracy": 0.5 + 0.5 * rank}, 0.5,
+                                            [rank == 1, False, rank == 0])  # flags: the ranks' reasons to stop
     if distributed.is_main():
         with open(out, "w") as f:
             json.dump({"grad": with_grad.grad.tolist(), "no_grad": without.grad is None, "buffer": buffer.tolist(),
-                       "count": int(count), "stats": {k: float(v) for k, v in stats.items()}}, f)
+                       "count": int(count), "stats": {k: float(v) for k, v in stats.items()}, "raised": raised}, f)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
     """One process: ProtoNet and MAML for STEPS steps. Two processes: the same, MAML stopped at step 2 and
-    resumed, an evaluation of the one-process ProtoNet run, and one reduction of made-up gradients."""
+    resumed, an evaluation of the one-process ProtoNet run, one reduction of made-up gradients, and a run whose
+    budget only rank 1 finds spent."""
     root = tmp_path_factory.mktemp("distributed")
     torch.set_num_threads(1)
     for learner in ("protonet", "maml"):
@@ -94,7 +102,8 @@ def runs(tmp_path_factory, data_root):
             ("train", tiny(data_root, "maml", steps=2), str(root / "two" / "maml"), False),
             ("train", tiny(data_root, "maml"), str(root / "two" / "maml"), True),
             ("eval", str(root / "one" / "protonet"), str(root / "two" / "eval.json")),
-            ("reduce", str(root / "two" / "reduce.json"))]
+            ("reduce", str(root / "two" / "reduce.json")),
+            ("budget", tiny(data_root, "protonet", steps=6, val_every=0), str(root / "two" / "budget"))]
     mp.spawn(rank_main, args=(2, free_port(), jobs), nprocs=2)
     return root
 
@@ -122,7 +131,37 @@ def test_two_processes_train_the_weights_one_process_does(runs, learner):
 def test_the_step_reduction_averages_gradients_buffers_and_metrics_by_share(runs):
     reduced = json.loads((runs / "two" / "reduce.json").read_text())
     assert reduced == {"grad": [1.5, 1.5, 1.5], "no_grad": True, "buffer": [15.0, 15.0], "count": 1,
-                       "stats": {"accuracy": 0.75, "loss": 0.5}}
+                       "stats": {"accuracy": 0.75, "loss": 0.5}, "raised": [True, False, True]}
+
+
+def test_the_ranks_stop_at_the_same_step_when_one_finds_the_budget_spent(runs):
+    """The reasons to stop ride in the step's gradient all-reduce (gloo): rank 1's budget, spent after step 3,
+    stops rank 0 there too, and the stop is recorded once, with a checkpoint of step 3."""
+    run = runs / "two" / "budget"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+    assert rows[-1]["split"] == "stop" and rows[-1]["reason"] == "budget" and rows[-1]["step"] == 3
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_pin_cores_gives_each_local_rank_its_own_block_of_cores(monkeypatch):
+    from metazoo import distributed
+
+    bound = {}
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {0, 2, 3, 5, 6, 7}, raising=False)
+    monkeypatch.setattr(distributed.os, "sched_setaffinity", lambda tid, cores: bound.update({tid: list(cores)}),
+                        raising=False)
+    assert distributed.pin_cores(2) is None and not bound  # one process: nothing to share
+    monkeypatch.setenv("WORLD_SIZE", "4")  # 2 machines x 2 processes: local rank 1 of 2 takes the second block
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.pin_cores(3) == [5, 6, 7]
+    assert bound and all(cores == [5, 6, 7] for cores in bound.values())  # every thread of the process
+    bound.clear()
+    with pytest.raises(ValueError, match=r"2 processes x 4 threads \(OMP_NUM_THREADS\) need 8 cores, but this "
+                                         r"process may use 6 \(\[0, 2, 3, 5, 6, 7\]\)"):
+        distributed.pin_cores(4)
+    assert not bound  # nothing bound before the error
 
 
 def test_evaluation_across_two_processes_equals_one_process(runs):
@@ -196,7 +235,7 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_the_run_resumes_from
                          "with the same torchrun command and --resume")
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 2 and not (run / "result.json").exists()
 
-    resumed = torchrun(tmp_path / "run.toml", run, tmp_path / "logs2", "--resume")
+    resumed = torchrun(tmp_path / "run.toml", run, tmp_path / "logs2", "--resume", "--set", "train.pin_cores=true")
     assert resumed.returncode == 0, rank_output(tmp_path / "logs2", 0)
     assert torch.load(run / "last.pt", weights_only=True)["step"] == STEPS
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

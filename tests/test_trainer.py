@@ -53,19 +53,23 @@ def test_resume_continues_exactly(tmp_path, data_root):
     assert steps == [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_wall_clock_budget_stops_cleanly_and_a_larger_one_continues_exactly(tmp_path, data_root):
+def test_a_wall_clock_budget_stops_cleanly_and_a_larger_one_continues_exactly(tmp_path, data_root, monkeypatch):
     straight = tmp_path / "straight"
     meta_train(tiny_config(data_root, steps=6, val_every=3), straight, progress=False, test=False)
+    from metazoo.trainer import Training
+
+    # A clock on which every step takes one second (a real one, under load, may spend a tiny budget before step 1)
+    monkeypatch.setattr(Training, "seconds", lambda self: float(self.step) + 1e-3)
     run = tmp_path / "budget"
-    summary = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=1e-4), run, progress=False)
-    assert summary["stopped"] == "budget" and 1 <= summary["steps"] < 6
+    summary = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=2.5 / 60), run, progress=False)
+    assert summary["stopped"] == "budget" and summary["steps"] == 3  # the first step past 2.5 s
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["step"] == summary["steps"] and last["train_seconds"] > 0  # checkpointed where it stopped
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1] == {**rows[-1], "split": "stop", "reason": "budget", "step": summary["steps"]}
     assert rows[-2]["split"] == "val" and rows[-2]["step"] == summary["steps"]
     assert "result.json" in {p.name for p in run.iterdir()}  # the budget-stopped run is tested as it is
-    again = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=1e-4), run, resume=True,
+    again = meta_train(tiny_config(data_root, steps=6, val_every=3, max_minutes=2.5 / 60), run, resume=True,
                        progress=False, test=False)
     assert again["steps"] == summary["steps"]  # the same budget: nothing more, weights untouched
     assert torch.equal(torch.load(run / "last.pt", weights_only=True)["learner"]["backbone.blocks.0.0.weight"],

@@ -5,7 +5,8 @@
 
 - ``1 process x 1 thread`` and ``1 process x 2 threads`` (``OMP_NUM_THREADS`` 1 or 2);
 - ``torchrun 2 x 1 thread``: ``python -m torch.distributed.run --standalone --nproc_per_node=2``, gloo,
-  each rank taking half of every step's meta-batch;
+  each rank taking half of every step's meta-batch; and the same with ``train.pin_cores = true`` (each rank
+  bound to a core of its own);
 - ``2 independent x 1 thread``: two 1-thread processes of the whole configuration side by side, the
   hardware's ceiling for two ranks (their throughputs summed).
 
@@ -46,9 +47,10 @@ CONFIGS = {
     "maml-mb8": ("experiments/omniglot/maml_5w1s.toml", ["train.meta_batch_size=8"], 400, 50),  # short steps
 }
 COMMON = ["train.split=train", "train.val_every=0", "train.val_episodes=5"]
-SETUPS = ("1 x 1", "1 x 2", "torchrun 2 x 1", "2 independent x 1")
+SETUPS = ("1 x 1", "1 x 2", "torchrun 2 x 1", "torchrun 2 x 1 pinned", "2 independent x 1")
+SHORT = dict(zip(("1x1", "1x2", "torchrun", "pinned", "independent"), SETUPS))  # --setups names
 LABELS = {"1 x 1": "1 process", "1 x 2": "1 process", "torchrun 2 x 1": "torchrun (gloo)",
-          "2 independent x 1": "2 independent processes"}
+          "torchrun 2 x 1 pinned": "torchrun (gloo), ranks pinned", "2 independent x 1": "2 independent processes"}
 HEADER = ("learner", "meta-batch", "configuration", "processes x threads", "episodes/s", "process wall s",
           "/ 2 independent")
 BREAKDOWN = ("learner", "meta-batch", "configuration", "process", "step ms", "forward + backward ms", "reduction ms",
@@ -71,15 +73,17 @@ def meta_batch(learner: str) -> int:
     return load_config(repo_file(config), sets).train.meta_batch_size
 
 
-def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool, probe: Path) -> list[str]:
+def train_command(learner: str, out: Path, root: Path, scale: float, torchrun: bool, probe: Path,
+                  pinned: bool = False) -> list[str]:
     """The command that trains configuration ``learner`` into ``out`` through the step probe (writing to
-    ``probe``), as one process or as two torchrun ranks."""
+    ``probe``), as one process or as two torchrun ranks (``pinned``: each bound to a core, train.pin_cores)."""
     config, sets, _, log_every = CONFIGS[learner]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun \
         else [sys.executable]
     command = [*launch, "-m", "metazoo.bench.step_probe", str(probe), "train", str(repo_file(config)), "-o", str(out),
                "-q", "--no-test", "--device", "cpu", "--data-root", str(root)]
-    for item in [*COMMON, *sets, f"train.steps={steps(learner, scale)}", f"train.log_every={log_every}"]:
+    pin = ["train.pin_cores=true"] if pinned else []
+    for item in [*COMMON, *sets, f"train.steps={steps(learner, scale)}", f"train.log_every={log_every}", *pin]:
         command += ["--set", item]
     return command
 
@@ -108,8 +112,8 @@ def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> t
     name = f"{learner}-{setup.replace(' ', '_')}"
     runs = [work / f"{name}-{i}" for i in range(2 if setup.startswith("2 ind") else 1)]
     threads = 2 if setup == "1 x 2" else 1
-    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"), work / f"{run.name}-probe")
-                for run in runs]
+    commands = [train_command(learner, run, root, scale, setup.startswith("torchrun"), work / f"{run.name}-probe",
+                              setup.endswith("pinned")) for run in runs]
     start = time.perf_counter()
     procs = [launch(c, threads) for c in commands]
     for proc, command in zip(procs, commands):
@@ -120,15 +124,17 @@ def measure(learner: str, setup: str, root: Path, scale: float, work: Path) -> t
     return sum(throughput(run, meta_batch(learner)) for run in runs), wall, probes
 
 
-def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> tuple[list[list[str]], list[list[str]]]:
+def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2,
+         setups: Sequence[str] = SETUPS) -> tuple[list[list[str]], list[list[str]]]:
     """The throughput table's rows (means over the rounds; each round's ratio in brackets) and the step
-    breakdown's (the last round)."""
+    breakdown's (the last round), of ``setups`` (in :data:`SETUPS` order, the two independent processes always)."""
     found, breakdown = [], []
+    setups = [setup for setup in SETUPS if setup in setups or setup.startswith("2 ind")]
     for learner in learners:
-        rates: dict = {setup: [] for setup in SETUPS}
+        rates: dict = {setup: [] for setup in setups}
         for round_ in range(rounds):
             with tempfile.TemporaryDirectory(prefix="metazoo-scaling-") as tmp:
-                for setup in SETUPS:
+                for setup in setups:
                     rates[setup].append(measure(learner, setup, root, scale, Path(tmp)))
         size = meta_batch(learner)
         ceilings = [rate for rate, _, _ in rates["2 independent x 1"]]
@@ -149,9 +155,10 @@ def rows(root: Path, learners: Sequence[str], scale: float, rounds: int = 2) -> 
     return found, breakdown
 
 
-def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 1.0, rounds: int = 2) -> str:
+def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 1.0, rounds: int = 2,
+           setups: Sequence[str] = SETUPS) -> str:
     counts = ", ".join(f"{name} {steps(name, scale)} steps" for name in learners)
-    found, breakdown = rows(root, learners, scale, rounds)
+    found, breakdown = rows(root, learners, scale, rounds, setups)
     notes = (f"Episodes/s of the training loop between the first and last logged rows of metrics.jsonl "
              f"(start-up and the first log interval left out), the mean of {rounds} round(s); {counts}; process "
              "wall s: the launch to the exit, start-up, data loading and the final validation included. Last "
@@ -171,13 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"configurations, comma-separated from {','.join(CONFIGS)} (default: all)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps (default 1)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration (default 2)")
+    p.add_argument("--setups", default=",".join(SHORT),
+                   help=f"configurations of processes, comma-separated from {','.join(SHORT)} (default: all; "
+                        "independent, the ceiling, always runs)")
     args = p.parse_args(argv)
     learners = [name.strip() for name in args.learners.split(",") if name.strip()]
     if not learners or any(name not in CONFIGS for name in learners):
         p.error(f"--learners: give one or more of {','.join(CONFIGS)}")
+    setups = [name.strip() for name in args.setups.split(",") if name.strip()]
+    if any(name not in SHORT for name in setups):
+        p.error(f"--setups: give one or more of {','.join(SHORT)}")
     start = time.perf_counter()
     print(f"machine: {machine()}\n", flush=True)
-    print(report(data_root(args.data_root), learners, args.scale, args.rounds), flush=True)
+    print(report(data_root(args.data_root), learners, args.scale, args.rounds, [SHORT[name] for name in setups]),
+          flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0
 
