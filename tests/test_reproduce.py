@@ -167,3 +167,6 @@ def test_bf16_makes_another_trained_model_and_off_keeps_the_run_names_of_before(
     assert training_key(config) == "34328bdb"  # the key before train.amp existed: its runs are found again
     config.train.amp = "bf16"
     assert training_key(config) != "34328bdb"
+    config.train.amp = "off"
+    config.train.pin_cores = True  # where it runs: the same model
+    assert training_key(config) == "34328bdb"
