@@ -168,10 +168,10 @@ def reduce_step(parameters: Iterable[torch.Tensor], buffers: Iterable[torch.Tens
     keys = sorted(stats)
     device = (grads or buffers)[0].device if grads or buffers else torch.device("cpu")
     metrics = torch.stack([torch.as_tensor(stats[k], dtype=torch.float32, device=device) for k in keys])
-    flat = torch.cat([t.reshape(-1).float() for t in (*grads, *buffers)] + [metrics]) * share
     carried = device.type == "cpu"
-    if carried:
-        flat = torch.cat([flat, torch.tensor([float(f) for f in flags])])
+    extra = torch.tensor([float(f) for f in flags] if carried else [], device=device)
+    flat = torch.cat([t.reshape(-1).float() for t in (*grads, *buffers)] + [metrics, extra])
+    flat[:flat.numel() - extra.numel()] *= share  # (in place: one copy of the gradients a step, as before)
     with collective("gradient all-reduce"):
         dist.all_reduce(flat)
     start = 0

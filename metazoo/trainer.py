@@ -261,6 +261,7 @@ def train_steps(run: Training, progress: bool) -> None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
                 validate(run, metrics, shown)
+                run.agreed = None  # the budget may have run out while validating: ask before the next step
         finish(run, metrics, shown, first)
     bar.close()
 
