@@ -320,17 +320,23 @@ def test_scaling_ratios_are_taken_within_each_round(monkeypatch, tmp_path):
     """A machine that runs twice as fast in the second round: the ratios of each round are its own."""
     from metazoo.bench import scaling
 
-    speeds = iter([1, 1.8, 1.5, 1.8, 2, 2, 3.6, 3.0, 3.6, 4])  # round 1 then round 2, SETUPS' order
+    speeds = iter([1, 1.8, 1.5, 1.8, 1.8, 2, 2, 3.6, 3.0, 3.6, 3.0, 4])  # round 1 then round 2, SETUPS' order
     probe = {"0:rank0": {"step": 10.0, "compute": 9.0, "all-reduce": 0.5}}
     monkeypatch.setattr(scaling, "measure", lambda *args: (next(speeds), 5.0, probe))
     found, breakdown = scaling.rows(tmp_path, ["maml-mb8"], 1.0, rounds=2)
-    procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1", "2 x 1")
+    procs = ("1 x 1", "1 x 2", "2 x 1", "2 x 1", "2 x 1", "2 x 1")
     assert [row[0:4] for row in found] == [["maml", "8", scaling.LABELS[s], p] for s, p in zip(scaling.SETUPS, procs)]
-    assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "2.7", "3.0"]
-    assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "90% (90%, 90%)" and found[4][6] == "100% (100%, 100%)"
+    assert all(len(row) == len(scaling.HEADER) for row in found)
+    assert [row[4] for row in found] == ["1.5", "2.7", "2.2", "2.7", "2.4", "3.0"]
+    assert found[2][6] == "75% (75%, 75%)" and found[3][6] == "90% (90%, 90%)" and found[5][6] == "100% (100%, 100%)"
+    assert found[4][6] == "82% (90%, 75%)"  # the half meta-batch pair against the whole one
+    # torchrun against the half meta-batch pair, round by round: 1.5 / 1.8 and 3.0 / 3.0; 1.8 / 1.8 and 3.6 / 3.0
+    assert found[2][7] == "92% (83%, 100%)" and found[3][7] == "110% (100%, 120%)"
+    assert [row[7] for row in found if not row[2].startswith("torchrun")] == ["", "", "", ""]
     assert breakdown[0] == ["maml", "8", "1 process 1 x 1", "process 1", "10.0", "9.0", "0.5", "0.0"]
     assert breakdown[2][2:4] == ["torchrun (gloo)", "rank 0"]
     assert breakdown[3][2:4] == ["torchrun (gloo), ranks pinned", "rank 0"]
+    assert breakdown[4][2:4] == ["2 independent processes, half meta-batch", "process 1"]
 
 
 def test_scaling_runs_the_chosen_setups_beside_the_independent_ceiling(monkeypatch, tmp_path):
@@ -343,3 +349,22 @@ def test_scaling_runs_the_chosen_setups_beside_the_independent_ceiling(monkeypat
     command = scaling.train_command("maml", tmp_path / "run", tmp_path, 1.0, True, tmp_path / "probe", pinned=True)
     assert command[-2:] == ["--set", "train.pin_cores=true"] and "--nproc_per_node=2" in command
     assert "train.pin_cores=true" not in scaling.train_command("maml", tmp_path, tmp_path, 1.0, True, tmp_path)
+    found, _ = scaling.rows(tmp_path, ["maml"], 1.0, rounds=1, setups=["torchrun 2 x 1"])
+    assert found[0][7] == "" and len(found[0]) == len(scaling.HEADER)  # no half meta-batch pair ran
+
+
+def test_scaling_half_meta_batch_pair_runs_a_ranks_share(monkeypatch, tmp_path):
+    """The half meta-batch pair: two 1-thread processes, each with half the meta-batch, their rates summed at that
+    size."""
+    from metazoo.bench import scaling
+
+    command = scaling.train_command("maml", tmp_path / "run", tmp_path, 1.0, False, tmp_path / "probe", half=True)
+    assert command[-2:] == ["--set", "train.meta_batch_size=16"] and "torch.distributed.run" not in command
+    assert "train.meta_batch_size=16" not in scaling.train_command("maml", tmp_path, tmp_path, 1.0, False, tmp_path)
+    launched, sizes = [], []
+    monkeypatch.setattr(scaling, "launch", lambda command, threads: launched.append((command, threads)))
+    monkeypatch.setattr(scaling, "finish", lambda proc, command: None)
+    monkeypatch.setattr(scaling, "throughput", lambda run, size: sizes.append(size) or 10.0)
+    rate, _, _ = scaling.measure("maml", scaling.HALVES, tmp_path, 1.0, tmp_path)
+    assert rate == 20.0 and sizes == [16, 16] and [threads for _, threads in launched] == [1, 1]
+    assert all("train.meta_batch_size=16" in command for command, _ in launched)
