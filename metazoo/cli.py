@@ -289,5 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> int:
+    """The ``metazoo`` command (and ``python -m metazoo.cli``): :func:`main` under the tuned C allocator
+    (:mod:`metazoo.allocator`, which may start the command again first)."""
+    from .allocator import tune
+
+    tune()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -368,3 +368,22 @@ def test_scaling_half_meta_batch_pair_runs_a_ranks_share(monkeypatch, tmp_path):
     rate, _, _ = scaling.measure("maml", scaling.HALVES, tmp_path, 1.0, tmp_path)
     assert rate == 20.0 and sizes == [16, 16] and [threads for _, threads in launched] == [1, 1]
     assert all("train.meta_batch_size=16" in command for command, _ in launched)
+
+
+def test_malloc_table_compares_the_allocators_round_by_round(monkeypatch, tmp_path):
+    """(g): the tuned run's steps/s over the system run's of the same round; the system run's environment asks
+    for glibc's defaults and drops any inherited tunables, the tuned run's leaves tuning to the command."""
+    from metazoo.bench import malloc
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
+    system, tuned = malloc.environment("system"), malloc.environment("tuned")
+    assert system["METAZOO_MALLOC"] == "system" and "GLIBC_TUNABLES" not in system and system["OMP_NUM_THREADS"] == "1"
+    assert "METAZOO_MALLOC" not in tuned and "GLIBC_TUNABLES" not in tuned
+    assert malloc.command("maml", tmp_path, tmp_path)[1:4] == ["-m", "metazoo.cli", "train"]
+    rates = iter([1.0, 1.5, 2.0, 2.0])  # round 1: system, tuned; round 2: system, tuned
+    monkeypatch.setattr(malloc, "measure",
+                        lambda learner, name, root, work: {"rate": next(rates), "kernel": 0.25, "faults": 2000})
+    found = malloc.rows(tmp_path, ["protonet"], rounds=2)
+    assert [row[1] for row in found] == [malloc.ALLOCATORS["system"], malloc.ALLOCATORS["tuned"]]
+    assert [row[2] for row in found] == ["1.50", "1.75"] and found[0][5] == ""
+    assert found[1][5] == "1.25x (1.50x, 1.00x)" and found[1][3:5] == ["25%", "2k"]

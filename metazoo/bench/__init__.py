@@ -9,10 +9,11 @@ by default:
     (:mod:`metazoo.bench.training`);
 (c) one MAML meta-iteration against learn2learn's MAML (:mod:`metazoo.bench.maml`).
 
-Three more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
+Four more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
 (:mod:`metazoo.bench.scaling`); (e) one training iteration end to end, sampling included, against
 learn2learn's example loops (:mod:`metazoo.bench.iteration`); (f) time to accuracy, metazoo and
-learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`).
+learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`); (g) training
+under glibc's default malloc and under the ``metazoo`` command's tunables (:mod:`metazoo.bench.malloc`).
 
 The contenders of each row of (a), (b), (c) and (e) run in alternating blocks and report the median block, so a load
 that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
@@ -29,11 +30,11 @@ from typing import Sequence
 import torch
 
 from ..data import data_root
-from . import iteration, l2l_loops, maml, race, sampling, scaling, training
+from . import iteration, l2l_loops, malloc, maml, race, sampling, scaling, training
 from .common import bullets, machine, table
 
 DEFAULT_TABLES = ("sampling", "training", "maml")
-TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race")  # the last three take minutes: only with --only
+TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race", "malloc")  # the last four take minutes: only with --only
 L2L_TABLES = {"maml": "(c) MAML meta-iteration, metazoo vs learn2learn",
               "iteration": "(e) End-to-end iteration, sampling included, metazoo vs learn2learn",
               "race": "(f) Time to accuracy, metazoo vs learn2learn side by side"}
@@ -57,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=names(TABLES), default=list(DEFAULT_TABLES), metavar="TABLES",
                    help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: the first three; "
                         "scaling: CPU throughput of 1 or 2 processes; iteration: (e), a training iteration with "
-                        "sampling; race: (f), time to accuracy; each takes minutes)")
+                        "sampling; race: (f), time to accuracy; malloc: (g), glibc's malloc against metazoo's "
+                        "tunables; each takes minutes)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")
@@ -160,5 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(iteration.report(root, args), flush=True)
     if "race" in args.tables and has_learn2learn("race"):
         print(race.report(root, args), flush=True)
+    if "malloc" in args.tables:
+        print(malloc.report(root), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0

@@ -1,6 +1,10 @@
-"""``python -m metazoo.bench``: the same as ``metazoo bench``."""
+"""``python -m metazoo.bench``: the same as ``metazoo bench`` (under the same C allocator settings)."""
 import sys
 
-from . import main
+from ..allocator import tune
+
+tune()
+
+from . import main  # noqa: E402
 
 sys.exit(main())

@@ -215,4 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ..allocator import tune
+
+    tune()  # as the metazoo command does (docs/benchmarks.md (g))
     raise SystemExit(main())
