@@ -1,6 +1,7 @@
 """What every table of ``metazoo bench`` shares: timing in interleaved blocks, the table, the machine line."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -64,3 +65,31 @@ def machine() -> str:
     return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
             f"{torch.get_num_interop_threads()} inter-op; {os.cpu_count()} CPUs ({cpu}); "
             f"Python {platform.python_version()}; load average {load}")
+
+
+def trainings_parser(prog: str, description: str, configs: Sequence[str]) -> argparse.ArgumentParser:
+    """The options every table that trains in subprocesses takes: ``--data-root``, ``--learners`` (from
+    ``configs``) and ``--rounds``."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--data-root", help="data root holding omniglot/ (default: $METAZOO_DATA, else ~/.metazoo/data)")
+    p.add_argument("--learners", default=",".join(configs),
+                   help=f"configurations, comma-separated from {','.join(configs)} (default: all)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration (default 2)")
+    return p
+
+
+def chosen(p: argparse.ArgumentParser, option: str, text: str, choices: Sequence[str]) -> list[str]:
+    """The names of comma-separated ``text``, each one of ``choices`` (else the parser's error, naming ``option``)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in choices for name in names):
+        p.error(f"{option}: give one or more of {','.join(choices)}")
+    return names
+
+
+def print_timed(report: Callable[[], str]) -> int:
+    """Print the machine, ``report()``, and the seconds it took with the machine at the end."""
+    start = time.perf_counter()
+    print(f"machine: {machine()}\n", flush=True)
+    print(report(), flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
+    return 0

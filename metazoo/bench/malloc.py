@@ -10,19 +10,17 @@ finished child). The last column is the tuned run's steps/s over the system run'
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
 from ..data import data_root
-from .common import machine, table
+from .common import chosen, print_timed, table, trainings_parser
 from .scaling import repo_file, throughput
 
 CONFIGS = {  # name: (config, --set overrides, steps, log_every): the paper's configurations, one step a row
@@ -97,20 +95,12 @@ def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), rounds: int = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metazoo.bench.malloc", description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", help="data root holding omniglot/ (default: $METAZOO_DATA, else ~/.metazoo/data)")
-    p.add_argument("--learners", default=",".join(CONFIGS),
-                   help=f"configurations, comma-separated from {','.join(CONFIGS)} (default: all)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of both allocators (default 2)")
+    p = trainings_parser("python -m metazoo.bench.malloc", __doc__.split("\n")[0], tuple(CONFIGS))
     args = p.parse_args(argv)
-    learners = [name.strip() for name in args.learners.split(",") if name.strip()]
-    if not learners or any(name not in CONFIGS for name in learners) or args.rounds < 1:
-        p.error(f"--learners: one or more of {','.join(CONFIGS)}; --rounds: at least 1")
-    start = time.perf_counter()
-    print(f"machine: {machine()}\n", flush=True)
-    print(report(data_root(args.data_root), learners, args.rounds), flush=True)
-    print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
-    return 0
+    learners = chosen(p, "--learners", args.learners, tuple(CONFIGS))
+    if args.rounds < 1:
+        p.error("--rounds: at least 1")
+    return print_timed(lambda: report(data_root(args.data_root), learners, args.rounds))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ the processes, the stop agreement) in the last round.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -42,7 +41,7 @@ from typing import Sequence
 from ..config import load_config
 from ..data import data_root
 from . import step_probe
-from .common import machine, table
+from .common import chosen, print_timed, table, trainings_parser
 
 CONFIGS = {
     # name: (config, --set overrides, steps, log_every); the meta-batch divides by 2 ranks
@@ -190,28 +189,15 @@ def report(root: Path, learners: Sequence[str] = tuple(CONFIGS), scale: float = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metazoo.bench.scaling", description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", help="data root holding omniglot/ (default: $METAZOO_DATA, else ~/.metazoo/data)")
-    p.add_argument("--learners", default=",".join(CONFIGS),
-                   help=f"configurations, comma-separated from {','.join(CONFIGS)} (default: all)")
+    p = trainings_parser("python -m metazoo.bench.scaling", __doc__.split("\n")[0], tuple(CONFIGS))
     p.add_argument("--scale", type=float, default=1.0, help="multiply every run's steps (default 1)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration (default 2)")
     p.add_argument("--setups", default=",".join(SHORT),
                    help=f"configurations of processes, comma-separated from {','.join(SHORT)} (default: all; "
                         "independent, the ceiling, always runs)")
     args = p.parse_args(argv)
-    learners = [name.strip() for name in args.learners.split(",") if name.strip()]
-    if not learners or any(name not in CONFIGS for name in learners):
-        p.error(f"--learners: give one or more of {','.join(CONFIGS)}")
-    setups = [name.strip() for name in args.setups.split(",") if name.strip()]
-    if any(name not in SHORT for name in setups):
-        p.error(f"--setups: give one or more of {','.join(SHORT)}")
-    start = time.perf_counter()
-    print(f"machine: {machine()}\n", flush=True)
-    print(report(data_root(args.data_root), learners, args.scale, args.rounds, [SHORT[name] for name in setups]),
-          flush=True)
-    print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
-    return 0
+    learners = chosen(p, "--learners", args.learners, tuple(CONFIGS))
+    setups = [SHORT[name] for name in chosen(p, "--setups", args.setups, tuple(SHORT))]
+    return print_timed(lambda: report(data_root(args.data_root), learners, args.scale, args.rounds, setups))
 
 
 if __name__ == "__main__":
