@@ -108,9 +108,10 @@ def verdict(record: dict) -> tuple[str, str, str]:
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+    minutes = round(seconds / 60)  # rounded once, so that 3 h 59.9 min reads 4 h 00 min, not 3 h 60 min
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def wall_time(record: dict) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from metazoo.config import load_config
 from metazoo.published import CELLS, cells
-from metazoo.results import read_records, render_report, render_template, report_main, verdict
+from metazoo.results import duration, read_records, render_report, render_template, report_main, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "records_sample.jsonl"
@@ -215,3 +215,9 @@ def test_migrated_records_are_complete_and_cite_the_published_numbers():
             assert (r["learner"], r["dataset"], r["ways"], r["shots"]) == (cell.learner, cell.dataset, cell.ways,
                                                                            cell.shots)
             assert r["paper"] == (None if cell.value is None else {"value": cell.value, "source": cell.source})
+
+
+@pytest.mark.parametrize("seconds, text", [(89, "89 s"), (90, "2 min"), (3569, "59 min"), (3570, "1 h 00 min"),
+                                           (14350, "3 h 59 min"), (14392.7, "4 h 00 min")])
+def test_a_wall_time_rounds_once_and_never_reads_60_minutes(seconds, text):
+    assert duration(seconds) == text
