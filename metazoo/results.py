@@ -40,7 +40,8 @@ NAMES = {"omniglot": "Omniglot", "mini_imagenet": "mini-ImageNet", "caltech101":
 MARKER = re.compile(r"^<!-- report: (.*?) -->$", re.MULTILINE)  # a line of its own
 HEADER = "| cell | ours | episodes | paper | ours - paper | verdict | steps | wall time | command |"
 LEGEND = ("Ours: mean test accuracy and its 95% confidence interval in percent, over the fixed test episodes; "
-          "verdict `met` when ours + CI reaches the paper's number, else `gap X` = paper - (ours + CI); wall time: "
+          "verdict `met` when ours + CI reaches the paper's number, else `gap X` = paper - (ours + CI) "
+          "(`gap < 0.01` where that rounds to 0.00); wall time: "
           "training and test. A cell shows its latest record (by date, then file order); the notes list the "
           "earlier ones.")
 
@@ -102,7 +103,9 @@ def verdict(record: dict) -> tuple[str, str, str]:
         return "", "", "no paper number"
     ours = record["ours"]
     reach = round(ours["mean"] + ours["ci95"] - paper, 6)
-    return str(paper), f"{ours['mean'] - paper:+.2f}", "met" if reach >= 0 else f"gap {-reach:.2f}"
+    if reach >= 0:
+        return str(paper), f"{ours['mean'] - paper:+.2f}", "met"
+    return str(paper), f"{ours['mean'] - paper:+.2f}", f"gap {-reach:.2f}" if -reach >= 0.005 else "gap < 0.01"
 
 
 def duration(seconds: float) -> str:

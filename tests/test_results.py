@@ -67,6 +67,8 @@ def test_verdict_arithmetic():
 
     assert verdict(record(98.61, 0.19, 98.8)) == ("98.8", "-0.19", "met")  # ours + CI reaches it exactly
     assert verdict(record(98.19, 0.19, 98.8)) == ("98.8", "-0.61", "gap 0.42")
+    assert verdict(record(98.632, 0.1636, 98.8)) == ("98.8", "-0.17", "gap < 0.01")  # short, though it rounds to 0.00
+    assert verdict(record(98.63, 0.165, 98.8)) == ("98.8", "-0.17", "gap 0.01")
     assert verdict(record(68.5, 0.7, 68.2)) == ("68.2", "+0.30", "met")
     assert verdict(record(35.05, 0.87, None)) == ("", "", "no paper number")
 
@@ -79,7 +81,8 @@ EXPECTED = (
     "# Results\n"
     "\n"
     "Ours: mean test accuracy and its 95% confidence interval in percent, over the fixed test episodes;"
-    " verdict `met` when ours + CI reaches the paper's number, else `gap X` = paper - (ours + CI); wall"
+    " verdict `met` when ours + CI reaches the paper's number, else `gap X` = paper - (ours + CI)"
+    " (`gap < 0.01` where that rounds to 0.00); wall"
     " time: training and test. A cell shows its latest record (by date, then file order); the notes list"
     " the earlier ones.\n"
     "\n"
