@@ -188,6 +188,8 @@ BUILTINS: dict[Registry, list[tuple[str, str, str]]] = {
         ("conv4", "backbones.conv4:Conv4", "Conv-4: four 3x3 conv-BN-ReLU-pool blocks"),
         ("resnet12", "backbones.resnet12:ResNet12", "ResNet-12 (TADAM, MetaOptNet): four residual blocks, widths "
                                                     "64-160-320-640"),
+        ("pixels", "backbones.pixels:Pixels", "raw pixels, flattened (no weights): MANN's input in Santoro et al. "
+                                              "2016"),
     ],
     DATASETS: [
         ("omniglot", "data.omniglot:Omniglot", "Omniglot (Lake et al. 2015), Vinyals or MAML's random split"),

@@ -275,3 +275,13 @@ def test_the_documented_backbone_runs_batched_in_maml(documented_backbone, bn):
     net = create_backbone(**backbone)
     assert isinstance(net, Functional) and net(torch.randn(2, 1, 16, 16)).shape == (2, net.feature_size)
     assert_batched_equals_task_by_task(backbone, bn, channels=1, side=16)
+
+
+def test_pixels_backbone_is_the_flattened_image_and_checks_its_size():
+    backbone = create_backbone("pixels", in_channels=1, image_size=20)
+    images = torch.rand(4, 1, 20, 20)
+    assert torch.equal(backbone(images), images.reshape(4, 400))
+    assert backbone.feature_size == 400 and backbone.feature_shape == (1, 20, 20)
+    assert not list(backbone.parameters())
+    with pytest.raises(ValueError, match=r"built for \(1, 20, 20\).*got \(1, 28, 28\)"):
+        backbone(torch.rand(4, 1, 28, 28))

@@ -297,6 +297,25 @@ def test_online_meta_loss_is_the_loss_at_every_step():
     assert float(stats["accuracy"]) == float((logits.argmax(-1) == labels).float().mean())
 
 
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_online_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name):
+    """The batched online meta-loss against Learner.meta_loss (each episode alone, batch 1): the same
+    loss, accuracy and gradients, in training mode (BatchNorm over each episode's own images)."""
+    learner = build(name, online=True, **TINY[name]).train()
+    episodes = [episode(shots=2, queries=2, index=i) for i in range(3)]
+    grads = []
+    for meta_loss in (learner.meta_loss, functools.partial(super(SequenceLearner, learner).meta_loss)):
+        learner.zero_grad()
+        loss, stats = meta_loss(episodes)
+        loss.backward()
+        grads.append((loss.detach(), stats["accuracy"], [p.grad.clone() for p in learner.parameters()]))
+    (batched, batched_acc, batched_grads), (alone, alone_acc, alone_grads) = grads
+    torch.testing.assert_close(batched, alone)
+    assert float(batched_acc) == float(alone_acc)
+    for a, b in zip(batched_grads, alone_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_online_episodic_query_follows_the_support_with_the_last_support_label():
     learner = build("mann", online=True).eval()
     ep = episode()

@@ -17,6 +17,7 @@ def list_backbones() -> list[str]:
 
 from .conv4 import Conv4  # noqa: E402
 from .functional import Functional  # noqa: E402
+from .pixels import Pixels  # noqa: E402
 from .resnet12 import ResNet12  # noqa: E402
 
-__all__ = ["BACKBONES", "Conv4", "Functional", "ResNet12", "create_backbone", "list_backbones"]
+__all__ = ["BACKBONES", "Conv4", "Functional", "Pixels", "ResNet12", "create_backbone", "list_backbones"]

@@ -16,6 +16,8 @@ al. 2018: causal temporal convolutions and causal attention).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,9 +127,19 @@ class SequenceLearner(Learner):
         """MANN's protocol on ``items`` in a random order (from ``generator``, else the fixed one of
         ``order_seed``): logits (n, ways) at every step, each step given the previous step's label,
         and the labels in that order (n,)."""
+        steps, labels = self.online_steps(items, generator)
+        return self.sequence(steps[None])[0], labels
+
+    def online_steps(self, items: LabeledSet,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequence :meth:`online_logits` reads, (n, features + ways), and its labels (n,)."""
         order = self.support_order(len(items), items.inputs.device, generator)
-        steps, _ = self.labelled(items, order, offset=True)
-        return self.sequence(steps[None])[0], items.labels[order]
+        return self.labelled(items, order, offset=True)[0], items.labels[order]
+
+    def online_generator(self, episode: Episode) -> torch.Generator:
+        """An episode's online order: its own while training, seeded by its index in eval mode (as the
+        online protocol does)."""
+        return self.episode_generator(episode) if self.training else torch.Generator().manual_seed(episode.index)
 
     def scored_logits(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """Episodic (the query's logits), or with ``online`` every step of the episode's whole
@@ -135,8 +147,23 @@ class SequenceLearner(Learner):
         training, seeded by its index in eval mode as the online protocol does)."""
         if not self.online:
             return super().scored_logits(episode)
-        generator = self.episode_generator(episode) if self.training else torch.Generator().manual_seed(episode.index)
-        return self.online_logits(all_items(episode), generator)
+        return self.online_logits(all_items(episode), self.online_generator(episode))
+
+    def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """With ``online``, the meta-batch's sequences run as one batch through :meth:`sequence` (each
+        episode's images still embedded on their own, so BatchNorm sees each episode's batch as before);
+        the loss and metrics are those of :meth:`Learner.meta_loss` (the mean of the episodes' losses),
+        to float rounding. Episodic, and for sequences of unequal lengths: one episode at a time."""
+        if not self.online or len(episodes) < 2:
+            return super().meta_loss(episodes)
+        sequences = [self.online_steps(all_items(e), self.online_generator(e)) for e in episodes]
+        if len({steps.shape for steps, _ in sequences}) > 1:
+            return super().meta_loss(episodes)
+        logits = self.sequence(torch.stack([steps for steps, _ in sequences]))  # (B, T, ways)
+        labels = torch.stack([labels for _, labels in sequences])  # (B, T)
+        loss = torch.stack([self.loss(lg, lb) for lg, lb in zip(logits, labels)]).mean()
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.detach(), "accuracy": accuracy.detach()}
 
 
 def all_items(episode: Episode) -> LabeledSet:
