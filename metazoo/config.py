@@ -179,9 +179,13 @@ class Config:
                                                   "Every learner takes `bn`, its BatchNorm mode (`\"running\"`, "
                                                   "`\"transductive\"`, ...; docs/protocol.md).",
                             LEARNER_NAMES)
-    backbone: dict = setting({"name": "conv4"}, "`name`: the backbone (`metazoo list`); the other keys "
-                                                "are the keyword arguments of its constructor (e.g. Conv-4's "
-                                                "`width`, `pooling`), checked like the learner's.",
+    backbone: dict = setting({"name": "conv4"}, "`name`: the backbone (`metazoo list`: `conv4`, `resnet12`, "
+                                                "`pixels`, and plugins'); the other keys are the keyword "
+                                                "arguments of its constructor (e.g. Conv-4's `width`, "
+                                                "`pooling`), checked like the learner's. To swap the backbone "
+                                                "of a config that sets another's keys, replace the whole table: "
+                                                "`--set 'backbone={name=\"pixels\"}'` (a dotted "
+                                                "`--set backbone.name=...` keeps the base's other keys).",
                              BACKBONE_NAMES)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -284,10 +288,28 @@ def _settings(where: str, settings: dict, names: Names, name: str, reserved: tup
     takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
     unknown = sorted(set(settings) & set(reserved) if takes_any else set(settings) - valid)
     if unknown:
+        swap = ""
+        if _settings_of_another(found, name, unknown):
+            swap = (f" (they are another {found.kind}'s: to swap a config's {where} for another, replace the whole "
+                    f"table, e.g. --set '{where}={{name=\"{name}\"}}')")
         raise ConfigError(f"unknown config key(s) {', '.join(_key(where, k) for k in unknown)}; valid in [{where}] "
-                          f"for {found.kind} {name!r}: {', '.join(sorted(valid))}")
+                          f"for {found.kind} {name!r}: {', '.join(sorted(valid))}{swap}")
     hints = config_types.annotations(factory)
     return {k: _check(_key(where, k), v, hints[k]) if k in hints else v for k, v in settings.items()}
+
+
+def _settings_of_another(found, name: str, keys: list[str]) -> bool:
+    """Whether ``keys`` are all settings of a registered component other than ``name`` in ``found``
+    (left over from the component a base config chose, rather than misspelt)."""
+    for other in found.names():
+        if other == name:
+            continue
+        try:
+            if set(keys) <= set(registry.accepted_kwargs(found.get_factory(other))):
+                return True
+        except (ImportError, AttributeError):
+            continue
+    return False
 
 
 def _check_name(key: str, value: str, names: Names) -> None:

@@ -77,6 +77,18 @@ def test_bad_values_fail_at_load_with_key_value_and_allowed_ones(override, messa
         load_config(MAML, [override])
 
 
+def test_swapping_a_component_by_name_names_the_leftover_keys_and_how_to_replace_the_table():
+    with pytest.raises(ConfigError) as caught:  # MAML's config sets Conv-4's keys
+        load_config(MAML, ["backbone.name=pixels"])
+    message = str(caught.value)
+    assert "backbone.width" in message and "another backbone's" in message
+    assert "--set 'backbone={name=\"pixels\"}'" in message
+    assert load_config(MAML, ['backbone={name="pixels"}']).backbone == {"name": "pixels"}
+    with pytest.raises(ConfigError) as typo:  # a misspelt key gets no such hint
+        load_config(MAML, ["backbone.widht=32"])
+    assert "another" not in str(typo.value)
+
+
 def test_integers_are_accepted_where_numbers_are_expected():
     config = load_config(MAML, ["optim.lr=1", "learner.inner_lr=1", "multitask.holdout=[1, 0]"])
     assert config.optim.lr == 1.0 and type(config.optim.lr) is float
