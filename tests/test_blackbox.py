@@ -297,12 +297,15 @@ def test_online_meta_loss_is_the_loss_at_every_step():
     assert float(stats["accuracy"]) == float((logits.argmax(-1) == labels).float().mean())
 
 
+@pytest.mark.parametrize("online", [False, True])
 @pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
-def test_online_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name):
-    """The batched online meta-loss against Learner.meta_loss (each episode alone, batch 1): the same
-    loss, accuracy and gradients, in training mode (BatchNorm over each episode's own images)."""
-    learner = build(name, online=True, **TINY[name]).train()
-    episodes = [episode(shots=2, queries=2, index=i) for i in range(3)]
+def test_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name, online):
+    """The batched meta-loss against Learner.meta_loss (each episode alone: episodic, its cached prefix
+    continued by each query; online, its sequence at batch 1): the same loss, accuracy and gradients,
+    in training mode (BatchNorm over each episode's own batches of images)."""
+    learner = build(name, online=online, **TINY[name]).train()
+    episodes = [episode(shots=1, queries=1, index=i) for i in range(3)]
+    assert online or learner.rereading_pays(episodes[0])  # the batched path, not the fallback
     grads = []
     for meta_loss in (learner.meta_loss, functools.partial(super(SequenceLearner, learner).meta_loss)):
         learner.zero_grad()
@@ -314,6 +317,15 @@ def test_online_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(na
     assert float(batched_acc) == float(alone_acc)
     for a, b in zip(batched_grads, alone_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_episodic_batching_is_used_only_where_rereading_the_prefix_is_cheap():
+    def sizes(ways, shots, queries):
+        return Episode(LabeledSet(torch.zeros(ways * shots, 1), torch.zeros(ways * shots, dtype=torch.long), ways),
+                       LabeledSet(torch.zeros(ways * queries, 1), torch.zeros(ways * queries, dtype=torch.long), ways))
+    assert SequenceLearner.rereading_pays(sizes(5, 1, 1))  # 5 x 6 positions against 10
+    assert not SequenceLearner.rereading_pays(sizes(5, 5, 1))  # 5 x 26 against 30
+    assert not SequenceLearner.rereading_pays(sizes(20, 5, 1))  # 20 x 101 against 120
 
 
 def test_online_episodic_query_follows_the_support_with_the_last_support_label():
