@@ -108,8 +108,16 @@ class SequenceLearner(Learner):
 
     def forward(self, episode: Episode) -> torch.Tensor:
         """Logits of the query inputs (n_query, ways); the support order is the episode's own while training."""
-        generator = self.episode_generator(episode) if self.training else None
-        return self.classifier(episode.support, generator)(episode.query.inputs)
+        return self.classifier(episode.support, self.support_generator(episode))(episode.query.inputs)
+
+    def support_generator(self, episode: Episode) -> torch.Generator | None:
+        """The episode's own support order while training; None (the fixed order) in eval mode."""
+        return self.episode_generator(episode) if self.training else None
+
+    def query_steps(self, inputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Query images as sequence steps (n, features + ways), each joined to the queries' label input."""
+        features = self.backbone(inputs)
+        return torch.cat([features, label.expand(len(features), -1)], -1)
 
     def classifier(self, support: LabeledSet, generator: torch.Generator | None = None) -> Classifier:
         """The query classifier: each query read after the support sequence in the order ``generator`` draws.
@@ -118,8 +126,7 @@ class SequenceLearner(Learner):
         state = self.prefix_state(context)
 
         def classify(inputs: torch.Tensor) -> torch.Tensor:
-            features = self.backbone(inputs)
-            return self.continue_from(state, torch.cat([features, label.expand(len(features), -1)], -1))
+            return self.continue_from(state, self.query_steps(inputs, label))
         return classify
 
     def online_logits(self, items: LabeledSet,
@@ -158,18 +165,17 @@ class SequenceLearner(Learner):
         if self.online:
             steps, labels = self.online_steps(all_items(episode), self.online_generator(episode))
             return steps[None], labels
-        context, label = self.context(episode.support, self.episode_generator(episode) if self.training else None)
-        features = self.backbone(episode.query.inputs)
-        queries = torch.cat([features, label.expand(len(features), -1)], -1)  # (k, features + ways)
+        context, label = self.context(episode.support, self.support_generator(episode))
+        queries = self.query_steps(episode.query.inputs, label)  # (k, features + ways)
         return torch.cat([context.expand(len(queries), *context.shape), queries[:, None]], 1), episode.query.labels
 
     @staticmethod
     def rereading_pays(episode: Episode) -> bool:
         """Whether the episodic view's batched meta-loss (each query re-reading its support prefix) is worth
         it: when ``k`` queries re-read a prefix of ``T`` at most 3 times the positions of the cached path,
-        ``k (T + 1) <= 3 (T + k)``, as in 5-way 1-shot training (5 queries, T = 5: 2.3x faster a SNAIL step,
-        1.2x MANN's). Longer prefixes lose more to the extra arithmetic than batching gains (SNAIL at
-        20-way 5-shot: 6x slower), so they keep the cached path, one episode at a time."""
+        ``k (T + 1) <= 3 (T + k)``, as in 5-way 1-shot training. Longer prefixes lose more to the extra
+        arithmetic than batching gains (SNAIL at 20-way 5-shot ran slower a step, not faster), so they keep
+        the cached path, one episode at a time."""
         k, t = len(episode.query), len(episode.support)
         return k * (t + 1) <= 3 * (t + k)
 
@@ -179,12 +185,11 @@ class SequenceLearner(Learner):
         their losses), to float rounding. Episodic, each query re-reads its support prefix in the batch
         instead of continuing from a cached one (the same logits: tested), which costs more arithmetic
         but runs as a few large operations instead of many small ones per episode: only where
-        :meth:`rereading_pays`. Episodes whose sequences differ in shape go one at a time."""
-        if len(episodes) < 2 or not (self.online or self.rereading_pays(episodes[0])):
+        :meth:`rereading_pays`. Episodes of different sizes go one at a time."""
+        same_sizes = len({(len(e.support), len(e.query)) for e in episodes}) == 1
+        if len(episodes) < 2 or not same_sizes or not (self.online or self.rereading_pays(episodes[0])):
             return super().meta_loss(episodes)
         sequences = [self.scored_sequences(e) for e in episodes]
-        if len({steps.shape for steps, _ in sequences}) > 1:
-            return super().meta_loss(episodes)
         outputs = self.sequence(torch.cat([steps for steps, _ in sequences]))  # (sum of k, T, ways)
         logits = outputs.flatten(0, 1) if self.online else outputs[:, -1]
         labels = [labels for _, labels in sequences]
