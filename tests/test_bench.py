@@ -387,3 +387,17 @@ def test_malloc_table_compares_the_allocators_round_by_round(monkeypatch, tmp_pa
     assert [row[1] for row in found] == [malloc.ALLOCATORS["system"], malloc.ALLOCATORS["tuned"]]
     assert [row[2] for row in found] == ["1.50", "1.75"] and found[0][5] == ""
     assert found[1][5] == "1.25x (1.50x, 1.00x)" and found[1][3:5] == ["25%", "2k"]
+
+
+def test_sequence_table_times_both_paths_of_a_real_config(data_root, capsys):
+    """Table (h) on one configuration: the config's meta-batch of real episodes, both contenders timed."""
+    assert bench.parse(["--only", "sequence"]).sequence_configs == list(bench.sequence.DEFAULT)
+    with pytest.raises(SystemExit):
+        bench.parse(["--sequence-configs", "snail_10w1s"])
+    assert bench.main(["--only", "sequence", "--sequence-configs", "lstm_5w1s", "--sequence-repeats", "1",
+                       "--warmup", "0", "--data-root", str(data_root)]) == 0
+    title = "## (h) Sequence learners: the meta-batch as one batch vs one episode at a time"
+    (row,) = tables(capsys.readouterr().out)[title]
+    assert row[:2] == ["lstm_5w1s", "5-way 1-shot 1-query x 32"] and len(row) == len(bench.sequence.HEADER)
+    assert float(row[2]) > 0 and float(row[3]) > 0
+    ratio(row[4])

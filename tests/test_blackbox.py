@@ -297,15 +297,15 @@ def test_online_meta_loss_is_the_loss_at_every_step():
     assert float(stats["accuracy"]) == float((logits.argmax(-1) == labels).float().mean())
 
 
+@pytest.mark.parametrize("shots,queries", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("online", [False, True])
 @pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
-def test_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name, online):
+def test_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name, online, shots, queries):
     """The batched meta-loss against Learner.meta_loss (each episode alone: episodic, its cached prefix
     continued by each query; online, its sequence at batch 1): the same loss, accuracy and gradients,
     in training mode (BatchNorm over each episode's own batches of images)."""
     learner = build(name, online=online, **TINY[name]).train()
-    episodes = [episode(shots=1, queries=1, index=i) for i in range(3)]
-    assert online or learner.rereading_pays(episodes[0])  # the batched path, not the fallback
+    episodes = [episode(shots=shots, queries=queries, index=i) for i in range(3)]
     grads = []
     for meta_loss in (learner.meta_loss, functools.partial(super(SequenceLearner, learner).meta_loss)):
         learner.zero_grad()
@@ -319,13 +319,21 @@ def test_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name, onl
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_episodic_batching_is_used_only_where_rereading_the_prefix_is_cheap():
-    def sizes(ways, shots, queries):
-        return Episode(LabeledSet(torch.zeros(ways * shots, 1), torch.zeros(ways * shots, dtype=torch.long), ways),
-                       LabeledSet(torch.zeros(ways * queries, 1), torch.zeros(ways * queries, dtype=torch.long), ways))
-    assert SequenceLearner.rereading_pays(sizes(5, 1, 1))  # 5 x 6 positions against 10
-    assert not SequenceLearner.rereading_pays(sizes(5, 5, 1))  # 5 x 26 against 30
-    assert not SequenceLearner.rereading_pays(sizes(20, 5, 1))  # 20 x 101 against 120
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_each_query_continues_its_own_episodes_prefix(name):
+    """continue_from on a batch of prefixes: episode b's queries read prefix b, whatever the other
+    prefixes hold (the batched cache against each prefix alone, and against the prefixes swapped)."""
+    learner = build(name, **TINY[name]).eval()
+    contexts, steps = torch.randn(3, 4, learner.input_size), torch.randn(3, 2, learner.input_size)
+    with torch.no_grad():
+        batched = learner.continue_from(learner.prefix_state(contexts), steps)
+        for b in range(3):
+            alone = learner.continue_from(learner.prefix_state(contexts[b:b + 1]), steps[b:b + 1])[0]
+            torch.testing.assert_close(batched[b], alone)
+            whole = learner.sequence(torch.cat([contexts[b].expand(2, -1, -1), steps[b][:, None]], 1))[:, -1]
+            torch.testing.assert_close(batched[b], whole)
+        swapped = learner.continue_from(learner.prefix_state(contexts.flip(0)), steps)
+    assert not torch.allclose(swapped[0], batched[0])
 
 
 def test_online_episodic_query_follows_the_support_with_the_last_support_label():

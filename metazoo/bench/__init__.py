@@ -9,14 +9,16 @@ by default:
     (:mod:`metazoo.bench.training`);
 (c) one MAML meta-iteration against learn2learn's MAML (:mod:`metazoo.bench.maml`).
 
-Four more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
+Five more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
 (:mod:`metazoo.bench.scaling`); (e) one training iteration end to end, sampling included, against
 learn2learn's example loops (:mod:`metazoo.bench.iteration`); (f) time to accuracy, metazoo and
 learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`); (g) training
-under glibc's default malloc and under the ``metazoo`` command's tunables (:mod:`metazoo.bench.malloc`).
+under glibc's default malloc and under the ``metazoo`` command's tunables (:mod:`metazoo.bench.malloc`);
+(h) the sequence learners' meta-batch as one batch against one episode at a time
+(:mod:`metazoo.bench.sequence`).
 
-The contenders of each row of (a), (b), (c) and (e) run in alternating blocks and report the median block, so a load
-that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
+The contenders of each row of (a), (b), (c), (e) and (h) run in alternating blocks and report the median
+block, so a load that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
 See docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -30,11 +32,11 @@ from typing import Sequence
 import torch
 
 from ..data import data_root
-from . import iteration, l2l_loops, malloc, maml, race, sampling, scaling, training
+from . import iteration, l2l_loops, malloc, maml, race, sampling, scaling, sequence, training
 from .common import bullets, machine, table
 
 DEFAULT_TABLES = ("sampling", "training", "maml")
-TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race", "malloc")  # the last four take minutes: only with --only
+TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race", "malloc", "sequence")  # these take minutes: only with --only
 L2L_TABLES = {"maml": "(c) MAML meta-iteration, metazoo vs learn2learn",
               "iteration": "(e) End-to-end iteration, sampling included, metazoo vs learn2learn",
               "race": "(f) Time to accuracy, metazoo vs learn2learn side by side"}
@@ -59,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"run only these tables, comma-separated from {','.join(TABLES)} (default: the first three; "
                         "scaling: CPU throughput of 1 or 2 processes; iteration: (e), a training iteration with "
                         "sampling; race: (f), time to accuracy; malloc: (g), glibc's malloc against metazoo's "
-                        "tunables; each takes minutes)")
+                        "tunables; sequence: (h), sequence learners batched against one episode at a time; "
+                        "each takes minutes)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")
@@ -87,6 +90,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-maml-memory", dest="maml_memory", action="store_false",
                    help="leave out the MAML table's peak memory columns (each is a fresh process per contender)")
     add_learn2learn_loops(p)
+    p.add_argument("--sequence-configs", type=names(tuple(sequence.CONFIGS)), default=list(sequence.DEFAULT),
+                   metavar="CONFIGS", help="rows of the sequence table, comma-separated from "
+                                           f"{','.join(sequence.CONFIGS)} (default: {','.join(sequence.DEFAULT)})")
+    p.add_argument("--sequence-steps", type=int, default=1, help="sequence: training steps per timed block")
+    p.add_argument("--sequence-repeats", type=int, default=3, help="sequence: timed blocks per contender")
     return p
 
 
@@ -116,7 +124,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     for name in ("episodes", "steps", "repeats", "train_episodes", "l2l_standard_episodes", "race_snapshots",
-                 "test_episodes"):
+                 "test_episodes", "sequence_steps", "sequence_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.threads < 0:
@@ -164,5 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(race.report(root, args), flush=True)
     if "malloc" in args.tables:
         print(malloc.report(root), flush=True)
+    if "sequence" in args.tables:
+        print(sequence.report(root, args), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0

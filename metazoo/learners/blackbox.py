@@ -57,16 +57,20 @@ class SequenceLearner(Learner):
         raise NotImplementedError
 
     def prefix_state(self, context: torch.Tensor):
-        """What the steps after the prefix ``context`` (T, features + ways) need of it, computed once per
-        episode. This default keeps the prefix itself, so that :meth:`continue_from` re-runs it with every
-        step: a model that implements only :meth:`sequence` works unchanged, at that cost."""
+        """What the steps after each prefix of ``context`` (B, T, features + ways: B episodes' support
+        sequences) need of it, computed once per episode. This default keeps the prefixes themselves, so
+        that :meth:`continue_from` re-runs them with every step: a model that implements only
+        :meth:`sequence` works unchanged, at that cost."""
         return context
 
     def continue_from(self, state, steps: torch.Tensor) -> torch.Tensor:
-        """Logits (n, ways) of ``steps`` (n, features + ways), each read as the next step after the prefix
-        whose :meth:`prefix_state` is ``state`` (n one-step continuations of one sequence)."""
-        sequences = torch.cat([state.expand(len(steps), *state.shape), steps[:, None]], 1)
-        return self.sequence(sequences)[:, -1]
+        """Logits (B, n, ways) of ``steps`` (B, n, features + ways): each of episode b's n steps read as the
+        next step after prefix b of the batch whose :meth:`prefix_state` is ``state`` (n one-step
+        continuations of each of B sequences)."""
+        batch, n, length = len(steps), steps.shape[1], state.shape[1]
+        prefixes = state[:, None].expand(batch, n, *state.shape[1:])
+        sequences = torch.cat([prefixes, steps[:, :, None]], 2).reshape(batch * n, length + 1, -1)
+        return self.sequence(sequences)[:, -1].view(batch, n, -1)
 
     def support_order(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random order (n,) of ``n`` items (the support set's; online, all the episode's) drawn from
@@ -123,10 +127,10 @@ class SequenceLearner(Learner):
         """The query classifier: each query read after the support sequence in the order ``generator`` draws.
         The support sequence runs once, here; each query continues from its state."""
         context, label = self.context(support, generator)
-        state = self.prefix_state(context)
+        state = self.prefix_state(context[None])
 
         def classify(inputs: torch.Tensor) -> torch.Tensor:
-            return self.continue_from(state, self.query_steps(inputs, label))
+            return self.continue_from(state, self.query_steps(inputs, label)[None])[0]
         return classify
 
     def online_logits(self, items: LabeledSet,
@@ -156,46 +160,29 @@ class SequenceLearner(Learner):
             return super().scored_logits(episode)
         return self.online_logits(all_items(episode), self.online_generator(episode))
 
-    def scored_sequences(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        """What :meth:`scored_logits` reads, as whole sequences (k, T, features + ways), and the labels
-        of the steps it scores: with ``online`` the episode's one sequence (k = 1), every step scored;
-        episodic, one sequence per query (the support prefix, then the query; k = queries), its last
-        step scored. The images are embedded as :meth:`scored_logits` embeds them (the support set, then
-        the queries, each a batch of its own, so BatchNorm sees the same batches)."""
-        if self.online:
-            steps, labels = self.online_steps(all_items(episode), self.online_generator(episode))
-            return steps[None], labels
-        context, label = self.context(episode.support, self.support_generator(episode))
-        queries = self.query_steps(episode.query.inputs, label)  # (k, features + ways)
-        return torch.cat([context.expand(len(queries), *context.shape), queries[:, None]], 1), episode.query.labels
-
-    @staticmethod
-    def rereading_pays(episode: Episode) -> bool:
-        """Whether the episodic view's batched meta-loss (each query re-reading its support prefix) is worth
-        it: when ``k`` queries re-read a prefix of ``T`` at most 3 times the positions of the cached path,
-        ``k (T + 1) <= 3 (T + k)``, as in 5-way 1-shot training. Longer prefixes lose more to the extra
-        arithmetic than batching gains (SNAIL at 20-way 5-shot ran slower a step, not faster), so they keep
-        the cached path, one episode at a time."""
-        k, t = len(episode.query), len(episode.support)
-        return k * (t + 1) <= 3 * (t + k)
-
     def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The meta-batch's sequences (:meth:`scored_sequences`) run as one batch through :meth:`sequence`:
-        the loss, metrics and gradients of :meth:`Learner.meta_loss` (one episode at a time, the mean of
-        their losses), to float rounding. Episodic, each query re-reads its support prefix in the batch
-        instead of continuing from a cached one (the same logits: tested), which costs more arithmetic
-        but runs as a few large operations instead of many small ones per episode: only where
-        :meth:`rereading_pays`. Episodes of different sizes go one at a time."""
-        same_sizes = len({(len(e.support), len(e.query)) for e in episodes}) == 1
-        if len(episodes) < 2 or not same_sizes or not (self.online or self.rereading_pays(episodes[0])):
+        """The meta-batch's episodes run through the sequence model as one batch: the loss, metrics and
+        gradients of :meth:`Learner.meta_loss` (one episode at a time, the mean of their losses), to float
+        rounding (tested). Each episode's images are embedded as :meth:`scored_logits` embeds them (its
+        support set, then its queries, each a batch of its own, so BatchNorm sees the same batches).
+        Online, the episodes' sequences are one (B, T) batch; episodic, the B support prefixes run as one
+        batch (:meth:`prefix_state`) and every query continues from its own episode's
+        (:meth:`continue_from`). Episodes of different sizes go one at a time."""
+        if len(episodes) < 2 or len({(len(e.support), len(e.query)) for e in episodes}) > 1:
             return super().meta_loss(episodes)
-        sequences = [self.scored_sequences(e) for e in episodes]
-        outputs = self.sequence(torch.cat([steps for steps, _ in sequences]))  # (sum of k, T, ways)
-        logits = outputs.flatten(0, 1) if self.online else outputs[:, -1]
-        labels = [labels for _, labels in sequences]
-        per_episode = logits.split([len(lb) for lb in labels])
-        loss = torch.stack([self.loss(lg, lb) for lg, lb in zip(per_episode, labels)]).mean()
-        accuracy = (logits.argmax(-1) == torch.cat(labels)).float().mean()
+        if self.online:
+            steps, labels = zip(*(self.online_steps(all_items(e), self.online_generator(e)) for e in episodes))
+            logits = self.sequence(torch.stack(steps))  # (B, T, ways), every step scored
+        else:
+            contexts, queries, labels = [], [], []
+            for e in episodes:
+                context, label = self.context(e.support, self.support_generator(e))
+                contexts.append(context)
+                queries.append(self.query_steps(e.query.inputs, label))
+                labels.append(e.query.labels)
+            logits = self.continue_from(self.prefix_state(torch.stack(contexts)), torch.stack(queries))  # (B, k, ways)
+        loss = torch.stack([self.loss(lg, lb) for lg, lb in zip(logits, labels)]).mean()
+        accuracy = (logits.argmax(-1) == torch.stack(labels)).float().mean()
         return loss, {"loss": loss.detach(), "accuracy": accuracy.detach()}
 
 
@@ -231,9 +218,10 @@ class RecurrentLearner(SequenceLearner):
         return self.out(self.lstm(inputs)[0])
 
     def prefix_state(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LSTM's (h, c), each (layers, 1, hidden), after ``context`` (T, features + ways)."""
-        return self.lstm(context[None])[1]
+        """The LSTM's (h, c), each (layers, B, hidden), after each of ``context`` (B, T, features + ways)."""
+        return self.lstm(context)[1]
 
     def continue_from(self, state: tuple[torch.Tensor, torch.Tensor], steps: torch.Tensor) -> torch.Tensor:
-        h, c = (s.expand(-1, len(steps), -1).contiguous() for s in state)  # (layers, n, hidden)
-        return self.out(self.lstm(steps[:, None], (h, c))[0][:, -1])
+        batch, n = steps.shape[:2]
+        h, c = (s.repeat_interleave(n, 1) for s in state)  # (layers, B * n, hidden): episode b's state n times
+        return self.out(self.lstm(steps.reshape(batch * n, 1, -1), (h, c))[0][:, -1]).view(batch, n, -1)

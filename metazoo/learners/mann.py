@@ -99,11 +99,13 @@ class MANN(SequenceLearner):
         return torch.stack(outputs, 1)
 
     def prefix_state(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The state (controller, memory, reads, usage; batch 1) after ``context`` (T, features + ways)."""
-        state = self.initial_state(1, context)
-        for x in context:
-            state = self.step(x[None], state)[1]
+        """The state (controller, memory, reads, usage; batch B) after each of ``context`` (B, T, features + ways)."""
+        state = self.initial_state(len(context), context)
+        for t in range(context.shape[1]):
+            state = self.step(context[:, t], state)[1]
         return state
 
     def continue_from(self, state: dict[str, torch.Tensor], steps: torch.Tensor) -> torch.Tensor:
-        return self.step(steps, {k: v.expand(len(steps), *v.shape[1:]) for k, v in state.items()})[0]
+        batch, n = steps.shape[:2]
+        state = {k: v.repeat_interleave(n, 0) for k, v in state.items()}  # episode b's state for each of its steps
+        return self.step(steps.reshape(batch * n, -1), state)[0].view(batch, n, -1)

@@ -11,11 +11,11 @@ from torch import nn
 from .blackbox import SequenceLearner
 
 
-# Each block runs a prefix, ``prefix(x (1, C, T)) -> (output, cache)``, and then one more position of n
-# continuations of it, ``step(cache, x (n, C)) -> output (n, C')``, equal to the output at position T of
-# the prefix followed by that x.
+# Each block runs B prefixes, ``prefix(x (B, C, T)) -> (output, cache)``, and then one more position of n
+# continuations of each, ``step(cache, x (B, n, C)) -> output (B, n, C')``, equal to the output at position
+# T of prefix b followed by x[b, i].
 def prefix_through(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Output of ``layers`` on the prefix x (1, C, T), and each layer's cache."""
+    """Output of ``layers`` on the prefixes x (B, C, T), and each layer's cache."""
     caches = []
     for layer in layers:
         x, cache = layer.prefix(x)
@@ -24,7 +24,7 @@ def prefix_through(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 def step_through(layers: nn.Sequential, caches: list, x: torch.Tensor) -> torch.Tensor:
-    """Output of ``layers`` at the position after their prefix (``caches``) for each of x (n, C)."""
+    """Output of ``layers`` at the position after their prefixes (``caches``) for each of x (B, n, C)."""
     for layer, cache in zip(layers, caches):
         x = layer.step(cache, x)
     return x
@@ -42,13 +42,15 @@ class CausalConv(nn.Module):
         return self.conv(F.pad(x, (self.dilation, 0)))
 
     def tap(self, x: torch.Tensor) -> torch.Tensor:
-        """The input (C,) that position T reads after the prefix x (1, C, T): x at T - d, zero before the start."""
+        """The input (B, C) that position T reads after the prefixes x (B, C, T): x at T - d, zero before the start."""
         length = x.shape[-1]
-        return x[0, :, length - self.dilation] if length >= self.dilation else x.new_zeros(x.shape[1])
+        return x[:, :, length - self.dilation] if length >= self.dilation else x.new_zeros(x.shape[:2])
 
     def step(self, tap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Output (n, filters) at position T for inputs x (n, C) there, given the prefix's :meth:`tap` (C,)."""
-        return F.conv1d(torch.stack([tap.expand_as(x), x], -1), self.conv.weight, self.conv.bias)[..., 0]
+        """Output (B, n, filters) at position T for inputs x (B, n, C) there, given the prefixes'
+        :meth:`tap` (B, C): the kernel's earlier tap applied once per prefix, its later one to every x."""
+        weight = self.conv.weight  # (filters, C, 2): [..., 0] reads position T - d, [..., 1] position T
+        return F.linear(x, weight[..., 1], self.conv.bias) + F.linear(tap, weight[..., 0])[:, None]
 
 
 class DenseBlock(nn.Module):
@@ -65,7 +67,7 @@ class DenseBlock(nn.Module):
         return self(x), self.f.tap(x)  # f and g share their dilation, so one tap serves both
 
     def step(self, tap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, torch.tanh(self.f.step(tap, x)) * torch.sigmoid(self.g.step(tap, x))], 1)
+        return torch.cat([x, torch.tanh(self.f.step(tap, x)) * torch.sigmoid(self.g.step(tap, x))], -1)
 
 
 class TCBlock(nn.Module):
@@ -112,13 +114,13 @@ class AttentionBlock(nn.Module):
         return torch.cat([x, read.transpose(1, 2)], 1), (keys, values)
 
     def step(self, cache: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """x (n, C) at position T attends to the prefix's keys and values (1, T, ...) and to itself."""
-        keys, values = cache[0][0], cache[1][0]  # (T, key_size), (T, value_size)
-        query, key, value = self.query(x), self.key(x), self.value(x)  # (n, key_size), ..., (n, value_size)
-        scores = torch.cat([query @ keys.T, (query * key).sum(-1, keepdim=True)], -1) / self.scale  # (n, T + 1)
-        weights = scores.softmax(-1)
-        read = weights[:, :-1] @ values + weights[:, -1:] * value
-        return torch.cat([x, read], 1)
+        """x (B, n, C) at position T attends to its prefix's keys and values (B, T, ...) and to itself."""
+        keys, values = cache  # (B, T, key_size), (B, T, value_size)
+        query, key, value = self.query(x), self.key(x), self.value(x)  # (B, n, key_size), ..., (B, n, value_size)
+        scores = torch.cat([query @ keys.transpose(1, 2), (query * key).sum(-1, keepdim=True)], -1) / self.scale
+        weights = scores.softmax(-1)  # (B, n, T + 1)
+        read = weights[..., :-1] @ values + weights[..., -1:] * value
+        return torch.cat([x, read], -1)
 
 
 class SNAIL(SequenceLearner):
@@ -147,9 +149,9 @@ class SNAIL(SequenceLearner):
         return self.out(self.blocks(inputs.transpose(1, 2))).transpose(1, 2)
 
     def prefix_state(self, context: torch.Tensor) -> list:
-        """Every block's cache of ``context`` (T, features + ways): its dense blocks' taps, its attention's
+        """Every block's cache of ``context`` (B, T, features + ways): its dense blocks' taps, its attention's
         keys and values."""
-        return prefix_through(self.blocks, context.T[None])[1]
+        return prefix_through(self.blocks, context.transpose(1, 2))[1]
 
     def continue_from(self, state: list, steps: torch.Tensor) -> torch.Tensor:
-        return self.out(step_through(self.blocks, state, steps)[..., None])[..., 0]
+        return F.linear(step_through(self.blocks, state, steps), self.out.weight[..., 0], self.out.bias)

@@ -1,0 +1,74 @@
+"""Table (h): a sequence learner's meta-batch run as one batch against one episode at a time.
+
+For each configuration of the Omniglot table's black-box cells (``experiments/omniglot/{snail,mann,lstm}_*``,
+as ``metazoo train`` resolves them), one training step's forward and backward pass over a meta-batch of real
+training episodes, two ways, in alternating blocks: the sequence learners' own ``meta_loss`` (the episodes'
+support prefixes as one batch, each query continuing from its episode's, or online one batch of sequences)
+and the shared ``Learner.meta_loss`` (each episode alone, the mean of their losses). Both compute the same
+loss and gradients (tests/test_blackbox.py); the ratio is what batching buys.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .common import interleaved_medians, repeat, table, warm_up
+from .scaling import repo_file
+
+CONFIGS = {f"{name}_{cell}": f"experiments/omniglot/{name}_{cell}.toml"
+           for name in ("snail", "mann", "lstm") for cell in ("5w1s", "5w5s", "20w1s", "20w5s")}
+CONFIGS["mann_online"] = "experiments/omniglot/mann_online.toml"
+DEFAULT = ("snail_5w1s", "snail_5w5s", "snail_20w1s", "snail_20w5s", "mann_5w1s", "mann_20w5s", "mann_online")
+HEADER = ["configuration", "meta-batch", "batched s/step", "one at a time s/step", "speed-up"]
+
+
+def blocks(config_path: Path, root: Path, steps: int, seed: int = 0) -> tuple[dict[str, Callable[[], None]], str]:
+    """The two contenders (``steps`` forward + backward passes each) of one configuration, and its meta-batch
+    as text."""
+    import torch
+
+    from ..build import build_dataset, build_objective, resolve_config
+    from ..config import load_config
+    from ..learners.base import Learner
+
+    config = load_config(config_path)
+    train_set = build_dataset(config, config.train.split, root)
+    config = resolve_config(config, train_set, root)
+    torch.manual_seed(seed)
+    learner = build_objective(config).train()
+    sampler = learner.training_items(train_set, config)
+    t = config.train
+    episodes = [sampler[i] for i in range(t.meta_batch_size)]
+
+    def step(meta_loss: Callable) -> Callable[[], None]:
+        def run() -> None:
+            learner.zero_grad()
+            meta_loss(episodes)[0].backward()
+        return run
+
+    contenders = {"batched": step(learner.meta_loss), "alone": step(lambda e: Learner.meta_loss(learner, e))}
+    ep = episodes[0]
+    size = f"{ep.ways}-way {len(ep.support) // ep.ways}-shot {len(ep.query) // ep.ways}-query x {len(episodes)}"
+    return {name: repeat(block, steps) for name, block in contenders.items()}, size
+
+
+def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int) -> list[list[str]]:
+    out = []
+    for name in names:
+        contenders, size = blocks(repo_file(CONFIGS[name]), root, steps)
+        warm_up(contenders, warmup)
+        median = interleaved_medians(contenders, repeats)
+        batched, alone = median["batched"] / steps, median["alone"] / steps
+        out.append([name, size, f"{batched:.2f}", f"{alone:.2f}", f"{alone / batched:.2f}x"])
+    return out
+
+
+def report(root: Path, args: argparse.Namespace) -> str:
+    """Table (h) with its protocol line."""
+    names = args.sequence_configs
+    body = table(HEADER, rows(names, root, args.sequence_steps, args.sequence_repeats, args.warmup))
+    return (f"## (h) Sequence learners: the meta-batch as one batch vs one episode at a time\n\n{body}\n\n"
+            f"Forward + backward of one training step on real Omniglot training episodes (the config's meta-batch, "
+            f"training mode), median of {args.sequence_repeats} blocks of {args.sequence_steps} step(s) after "
+            f"{args.warmup} warm-up block(s), the two contenders taking turns.\n")
