@@ -68,6 +68,21 @@ def build_objective(config: Config) -> Objective:
     return create_objective(name, backbone=dict(config.backbone), **learner)
 
 
+def memory_format(config: Config, objective: Objective, device: torch.device) -> torch.memory_format:
+    """The layout of ``train.memory_format`` for ``objective`` on ``device`` (``"auto"``: channels_last on the
+    CPU where the objective's ``channels_last_pays``, contiguous elsewhere)."""
+    choice = config.train.memory_format
+    if choice == "auto":
+        choice = "channels_last" if device.type == "cpu" and objective.channels_last_pays else "contiguous"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
+def place_objective(objective: Objective, config: Config, device: torch.device) -> Objective:
+    """``objective`` on ``device``, its 4-d weights in the layout of ``train.memory_format`` (:func:`memory_format`):
+    convolutions then keep their feature maps in that layout too."""
+    return objective.to(device=device, memory_format=memory_format(config, objective, device))
+
+
 def build_optimizer(config: Config, objective: Objective):
     """The ``[optim]`` optimiser over the trainable parameters, and its step-wise learning-rate schedule."""
     o = config.optim

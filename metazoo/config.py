@@ -110,6 +110,11 @@ class TrainConfig:
                'losses in float32) of the training step and of evaluation, on any device; `"off"`: float32 '
                "throughout. Recorded in every result as `amp`. The sequence learners with a carried state (`lstm`, "
                "`mann`) refuse it (docs/distributed.md).")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = setting(
+        "auto", 'The layout of the weights (and so of the feature maps) of convolutions: `"channels_last"` (NHWC) or '
+                '`"contiguous"` (NCHW); `"auto"`: channels_last on the CPU for the learners it speeds up there (all '
+                "but the inner-loop learners; docs/benchmarks.md, table (i)), contiguous elsewhere. The same maths "
+                "either way, to float rounding: not part of a run's identity, and a run may resume with another.")
     num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
                                   "training process, gathering them on the training device from images kept "
                                   "there; with workers the images stay on the CPU). The episodes are the same for "

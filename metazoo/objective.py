@@ -42,10 +42,14 @@ class Objective(nn.Module):
     ``amp_modes``: the ``train.amp`` settings an objective is sound under (:data:`AMP_MODES`; a class
     whose arithmetic bfloat16 would spoil lists only ``"off"`` and says why in its docstring); the
     trainer and evaluation run its forward and backward passes under :func:`autocast`.
+
+    ``channels_last_pays``: whether ``train.memory_format = "auto"`` lays its convolutions' weights out as
+    channels_last on the CPU (measured per family: docs/benchmarks.md, table (i)).
     """
 
     bn_modes: tuple[str, ...] = BN_MODES
     amp_modes: tuple[str, ...] = AMP_MODES
+    channels_last_pays = True
     loss_is_item_mean = True  # a step's loss is the mean over its items, so processes can split the items
     gathers_on_device = False  # its items are gathered where the dataset's images are, which may be a GPU
 

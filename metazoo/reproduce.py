@@ -65,7 +65,7 @@ def training_key(config: Config) -> str:
     """What identifies a trained model: every setting but the test's, the budget, and where and how it runs."""
     values = copy.deepcopy(config.to_dict())
     values.pop("eval")
-    for key in ("device", "max_minutes", "num_workers", "tensorboard", "log_every", "pin_cores"):
+    for key in ("device", "memory_format", "max_minutes", "num_workers", "tensorboard", "log_every", "pin_cores"):
         values["train"].pop(key)
     if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
         values["train"].pop("amp")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .build import build_dataset, build_objective, resolve_config, resolve_device
+from .build import build_dataset, build_objective, place_objective, resolve_config, resolve_device
 from .config import Config, apply_overrides, experiments_roots, from_dict
 from .data import data_root as find_data_root
 from .errors import RunLockedError
@@ -105,14 +105,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     elif data_root is not None:  # the run moved to another machine
         config.data.root = str(find_data_root(data_root).resolve())
     device = resolve_device(str(device) if device is not None else config.train.device)
-    objective = build_objective(config).to(device)
+    objective = place_objective(build_objective(config), config, device)
     state = load_checkpoint(run_dir / f"{checkpoint}.pt", device)
     objective.load_state_dict(state["learner"])
     return Run(run_dir, config, objective, checkpoint, int(state["step"]), device)
 
 
-RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.num_workers", "train.log_every",
-             "train.pin_cores", "train.tensorboard", "data.root")
+RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.memory_format", "train.num_workers",
+             "train.log_every", "train.pin_cores", "train.tensorboard", "data.root")
 
 
 def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .build import build_dataset, build_objective, build_optimizer, resolve_config, resolve_device
+from .build import (build_dataset, build_objective, build_optimizer, place_objective, resolve_config,
+                    resolve_device)
 from .config import Config, dump_toml
 from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RankLostError, RunExistsError, RunLockedError  # noqa: F401
@@ -198,7 +199,7 @@ def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: b
         LOG.info(f"the images stay on the CPU (train.num_workers = {config.train.num_workers}, or an objective that "
                  f"indexes them there), and every step's items are copied to {device}")
     torch.manual_seed(config.train.seed)
-    objective = build_objective(config).to(device)
+    objective = place_objective(build_objective(config), config, device)
     optimizer, scheduler = build_optimizer(config, objective)
     items = objective.training_items(train_set, config)
     protocol = PROTOCOLS.create(config.eval.protocol)
@@ -349,7 +350,8 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     items = rule.items(run.config, "test", data_root)
     with distributed.session(run.device):
         result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress, run.config.train.amp)
-    settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp="))]
+    settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp=",
+                                                                          "train.memory_format="))]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
              **({"overrides": settings} if settings else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})

@@ -401,3 +401,16 @@ def test_sequence_table_times_both_paths_of_a_real_config(data_root, capsys):
     assert row[:2] == ["lstm_5w1s", "5-way 1-shot 1-query x 32"] and len(row) == len(bench.sequence.HEADER)
     assert float(row[2]) > 0 and float(row[3]) > 0
     ratio(row[4])
+
+
+def test_layout_table_times_both_layouts_of_a_real_config(data_root, capsys):
+    """Table (i) on one configuration: the same weights contiguous and channels_last, and what "auto" picks."""
+    assert bench.parse(["--only", "layout"]).layout_configs == list(bench.layout.DEFAULT)
+    assert bench.main(["--only", "layout", "--layout-configs", "omniglot_matching_5w1s,omniglot_fomaml_5w1s",
+                       "--layout-repeats", "1", "--warmup", "0", "--data-root", str(data_root)]) == 0
+    found = tables(capsys.readouterr().out)["## (i) Convolution layout on the CPU: channels_last vs contiguous"]
+    assert [row[:2] + row[-1:] for row in found] == [["omniglot_matching_5w1s", "matching", "channels_last"],
+                                                     ["omniglot_fomaml_5w1s", "maml", "contiguous"]]
+    for row in found:
+        assert float(row[2]) > 0 and float(row[3]) > 0
+        ratio(row[4])

@@ -9,15 +9,16 @@ by default:
     (:mod:`metazoo.bench.training`);
 (c) one MAML meta-iteration against learn2learn's MAML (:mod:`metazoo.bench.maml`).
 
-Five more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
+Six more take minutes and run only when ``--only`` names them: (d) CPU scaling across processes
 (:mod:`metazoo.bench.scaling`); (e) one training iteration end to end, sampling included, against
 learn2learn's example loops (:mod:`metazoo.bench.iteration`); (f) time to accuracy, metazoo and
 learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`); (g) training
 under glibc's default malloc and under the ``metazoo`` command's tunables (:mod:`metazoo.bench.malloc`);
 (h) the sequence learners' meta-batch as one batch against one episode at a time
-(:mod:`metazoo.bench.sequence`).
+(:mod:`metazoo.bench.sequence`); (i) the convolutions' memory layout, channels_last against contiguous
+(:mod:`metazoo.bench.layout`).
 
-The contenders of each row of (a), (b), (c), (e) and (h) run in alternating blocks and report the median
+The contenders of each row of (a), (b), (c), (e), (h) and (i) run in alternating blocks and report the median
 block, so a load that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
 See docs/benchmarks.md.
 """
@@ -32,11 +33,12 @@ from typing import Sequence
 import torch
 
 from ..data import data_root
-from . import iteration, l2l_loops, malloc, maml, race, sampling, scaling, sequence, training
+from . import iteration, l2l_loops, layout, malloc, maml, race, sampling, scaling, sequence, training
 from .common import bullets, machine, table
 
 DEFAULT_TABLES = ("sampling", "training", "maml")
-TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race", "malloc", "sequence")  # these take minutes: only with --only
+# the rest take minutes: only with --only
+TABLES = (*DEFAULT_TABLES, "scaling", "iteration", "race", "malloc", "sequence", "layout")
 L2L_TABLES = {"maml": "(c) MAML meta-iteration, metazoo vs learn2learn",
               "iteration": "(e) End-to-end iteration, sampling included, metazoo vs learn2learn",
               "race": "(f) Time to accuracy, metazoo vs learn2learn side by side"}
@@ -62,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
                         "scaling: CPU throughput of 1 or 2 processes; iteration: (e), a training iteration with "
                         "sampling; race: (f), time to accuracy; malloc: (g), glibc's malloc against metazoo's "
                         "tunables; sequence: (h), sequence learners batched against one episode at a time; "
-                        "each takes minutes)")
+                        "layout: (i), channels_last against contiguous; each takes minutes)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")
@@ -95,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
                                            f"{','.join(sequence.CONFIGS)} (default: {','.join(sequence.DEFAULT)})")
     p.add_argument("--sequence-steps", type=int, default=1, help="sequence: training steps per timed block")
     p.add_argument("--sequence-repeats", type=int, default=3, help="sequence: timed blocks per contender")
+    p.add_argument("--layout-configs", type=names(tuple(layout.CONFIGS)), default=list(layout.DEFAULT),
+                   metavar="CONFIGS", help="rows of the layout table, comma-separated from "
+                                           f"{','.join(layout.CONFIGS)} (default: all but caltech101's)")
+    p.add_argument("--layout-steps", type=int, default=1, help="layout: training steps per timed block")
+    p.add_argument("--layout-repeats", type=int, default=5, help="layout: timed blocks per contender")
     return p
 
 
@@ -124,7 +131,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     for name in ("episodes", "steps", "repeats", "train_episodes", "l2l_standard_episodes", "race_snapshots",
-                 "test_episodes", "sequence_steps", "sequence_repeats"):
+                 "test_episodes", "sequence_steps", "sequence_repeats", "layout_steps", "layout_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.threads < 0:
@@ -174,5 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(malloc.report(root), flush=True)
     if "sequence" in args.tables:
         print(sequence.report(root, args), flush=True)
+    if "layout" in args.tables:
+        print(layout.report(root, args), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0

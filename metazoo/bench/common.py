@@ -6,7 +6,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -93,3 +94,18 @@ def print_timed(report: Callable[[], str]) -> int:
     print(report(), flush=True)
     print(f"total {time.perf_counter() - start:.0f} s; at the end: {machine()}")
     return 0
+
+
+def objective_and_batch(config_path: Path, root: Path, seed: int = 0) -> tuple[Any, Any, list]:
+    """A config as ``metazoo train`` resolves it, its objective (seeded, training mode, contiguous on the CPU)
+    and the first meta-batch of its seeded training items."""
+    from ..build import build_dataset, build_objective, resolve_config
+    from ..config import load_config
+
+    config = load_config(config_path)
+    train_set = build_dataset(config, config.train.split, root)
+    config = resolve_config(config, train_set, root)
+    torch.manual_seed(seed)
+    objective = build_objective(config).train()
+    items = objective.training_items(train_set, config)
+    return config, objective, [items[i] for i in range(config.train.meta_batch_size)]

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .common import interleaved_medians, repeat, table, warm_up
+from .common import interleaved_medians, objective_and_batch, repeat, table, warm_up
 from .scaling import repo_file
 
 CONFIGS = {f"{name}_{cell}": f"experiments/omniglot/{name}_{cell}.toml"
@@ -26,20 +26,9 @@ HEADER = ["configuration", "meta-batch", "batched s/step", "one at a time s/step
 def blocks(config_path: Path, root: Path, steps: int, seed: int = 0) -> tuple[dict[str, Callable[[], None]], str]:
     """The two contenders (``steps`` forward + backward passes each) of one configuration, and its meta-batch
     as text."""
-    import torch
-
-    from ..build import build_dataset, build_objective, resolve_config
-    from ..config import load_config
     from ..learners.base import Learner
 
-    config = load_config(config_path)
-    train_set = build_dataset(config, config.train.split, root)
-    config = resolve_config(config, train_set, root)
-    torch.manual_seed(seed)
-    learner = build_objective(config).train()
-    sampler = learner.training_items(train_set, config)
-    t = config.train
-    episodes = [sampler[i] for i in range(t.meta_batch_size)]
+    _, learner, episodes = objective_and_batch(config_path, root, seed)
 
     def step(meta_loss: Callable) -> Callable[[], None]:
         def run() -> None:

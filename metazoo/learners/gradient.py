@@ -52,6 +52,7 @@ class GradientLearner(Learner):
     """
 
     bn_modes = ("transductive", "per_step")
+    channels_last_pays = False  # the task-batched grouped convolutions ran no faster in it (benchmarks.md, (i))
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",

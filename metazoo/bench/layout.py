@@ -1,0 +1,66 @@
+"""Table (i): the convolutions' memory layout, channels_last against contiguous, on the CPU.
+
+For each configuration (``experiments/...``, as ``metazoo train`` resolves it), one training step's forward and
+backward pass over the config's first meta-batch, with the objective's weights contiguous (NCHW) and, in a
+copy of the same weights, channels_last (NHWC, so that the convolutions keep their feature maps that way),
+taking turns. The same maths either way (tests/test_memory_format.py, in float64); the ratio is what the
+layout buys, and it is what ``train.memory_format = "auto"`` follows (``Objective.channels_last_pays``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .common import interleaved_medians, objective_and_batch, repeat, table, warm_up
+from .scaling import repo_file
+
+CONFIGS = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" for name in (
+    "omniglot/protonet_5w1s.toml", "omniglot/matching_5w1s.toml", "omniglot/relation_5w1s.toml",
+    "omniglot/snail_5w1s.toml", "omniglot/mann_online.toml", "omniglot/baseline_5w1s.toml",
+    "omniglot/maml_5w1s.toml", "omniglot/fomaml_5w1s.toml", "omniglot/reptile_5w1s.toml",
+    "omniglot/anil_5w1s.toml", "omniglot/metasgd_5w1s.toml", "caltech101/protonet_5w1s.toml")}
+DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))  # 84x84: seconds a step
+HEADER = ["configuration", "learner", "contiguous s/step", "channels_last s/step", "speed-up", "auto chooses"]
+
+
+def blocks(config_path: Path, root: Path, steps: int) -> tuple[dict[str, Callable[[], None]], str, str]:
+    """The two contenders (``steps`` forward + backward passes each), the learner's name, and the layout
+    ``"auto"`` gives it on the CPU."""
+    import torch
+
+    from ..build import memory_format
+
+    config, contiguous, batch = objective_and_batch(config_path, root)
+    channels_last = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
+
+    def step(objective) -> Callable[[], None]:
+        def run() -> None:
+            objective.zero_grad()
+            objective.meta_loss(batch)[0].backward()
+        return repeat(run, steps)
+
+    auto = memory_format(config, contiguous, torch.device("cpu")) == torch.channels_last
+    return ({"contiguous": step(contiguous), "channels_last": step(channels_last)}, config.learner["name"],
+            "channels_last" if auto else "contiguous")
+
+
+def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int) -> list[list[str]]:
+    out = []
+    for name in names:
+        contenders, learner, auto = blocks(repo_file(CONFIGS[name]), root, steps)
+        warm_up(contenders, warmup)
+        median = interleaved_medians(contenders, repeats)
+        plain, last = median["contiguous"] / steps, median["channels_last"] / steps
+        out.append([name, learner, f"{plain:.3f}", f"{last:.3f}", f"{plain / last:.2f}x", auto])
+    return out
+
+
+def report(root: Path, args: argparse.Namespace) -> str:
+    """Table (i) with its protocol line."""
+    body = table(HEADER, rows(args.layout_configs, root, args.layout_steps, args.layout_repeats, args.warmup))
+    return (f"## (i) Convolution layout on the CPU: channels_last vs contiguous\n\n{body}\n\n"
+            f"Forward + backward of one training step (the config's first meta-batch, training mode), median of "
+            f"{args.layout_repeats} blocks of {args.layout_steps} step(s) after {args.warmup} warm-up block(s), "
+            f"the two layouts taking turns.\n")
