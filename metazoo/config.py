@@ -66,6 +66,13 @@ values go on top. Tables merge key by key; any other value, lists included, is r
 protocol settings live in `base/` folders (e.g. `experiments/omniglot/base/maml.toml`), which are
 not runnable cells. A run's saved `config.toml` is resolved: it has no `extends`."""
 
+REPLACE_DOC = """\
+Names of tables (dotted for a nested one, e.g. `"data.options"`) that this file sets and whose values
+replace its bases' tables instead of merging into them, so that keys of the bases' table do not carry
+over: `replace = ["backbone"]` with `[backbone] name = "pixels"` drops the base's Conv-4 `width` (as
+`--set 'backbone={name="pixels"}'` does on the command line). Like `extends`, it is not in a run's
+resolved `config.toml`."""
+
 
 @dataclass
 class DataConfig:
@@ -395,9 +402,20 @@ def _load_values(path: Path, chain: tuple[Path, ...]) -> dict:
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: extends = {bases!r}: expected a file name or a list of them")
+    replaced = values.pop("replace", [])
     merged: dict = {}
     for base in bases:
         merged = merge(merged, _load_values(path.parent / base, (*chain, path)))
+    for name in [replaced] if isinstance(replaced, str) else replaced:
+        *parents, last = str(name).split(".")
+        own, inherited = values, merged
+        for part in parents:
+            own, inherited = own.get(part, {}), inherited.get(part, {})
+        if not isinstance(own.get(last), dict):
+            raise ConfigError(f"{path}: replace = {replaced!r}: {name!r} is not a table this file sets "
+                              f"(replace names tables of the file's own, e.g. replace = [\"backbone\"])")
+        if isinstance(inherited, dict):
+            inherited.pop(last, None)  # the file's own table then stands alone
     return merge(merged, values)
 
 

@@ -14,7 +14,7 @@ import typing
 from typing import Any
 
 from . import config_types, registry
-from .config import EXTENDS_DOC, LEGACY_DOC, Config, Names, toml_value
+from .config import EXTENDS_DOC, LEGACY_DOC, REPLACE_DOC, Config, Names, toml_value
 
 COMMAND = "python -m metazoo.config_doc > docs/config.md"
 WIDTH = 100
@@ -69,6 +69,7 @@ def render() -> str:
     """The text of docs/config.md."""
     fields, hints, defaults = {f.name: f for f in dataclasses.fields(Config)}, typing.get_type_hints(Config), Config()
     top = [_paragraph(f"`extends` (str | list[str], default unset): {EXTENDS_DOC}", "- "),
+           _paragraph(f"`replace` (list[str], default unset): {REPLACE_DOC}", "- "),
            _key(fields["plugins"], hints["plugins"], defaults.plugins)]
     intro = [text if text.startswith("    ") else _paragraph(text) for text in INTRO]
     blocks = ["# Configuration reference", *intro, "## Top level", _paragraph(inspect.getdoc(Config)), "\n".join(top)]

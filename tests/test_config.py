@@ -150,6 +150,35 @@ def test_extends_cycles_and_missing_bases_fail_naming_the_files(tmp_path):
         load_config(_write(tmp_path / "bad.toml", "extends = 3\n"))
 
 
+def test_replace_drops_the_bases_keys_of_the_tables_it_names(tmp_path):
+    _write(tmp_path / "base.toml", '[backbone]\nname = "conv4"\nwidth = 64\n[data]\ndataset = "omniglot"\n'
+                                   '[data.options]\nrotations = "per_task"\ncharacter_split = "random"\n'
+                                   "[train]\nsteps = 10\nways = 20\n")
+    child = _write(tmp_path / "child.toml", 'extends = "base.toml"\nreplace = ["backbone", "data.options"]\n'
+                                            '[backbone]\nname = "pixels"\n[data.options]\nimage_size = 20\n'
+                                            "[train]\nsteps = 20\n")
+    assert load_values(child) == {"backbone": {"name": "pixels"}, "data": {"dataset": "omniglot", "options": {
+        "image_size": 20}}, "train": {"steps": 20, "ways": 20}}  # the tables named stand alone; the rest merge
+    grandchild = _write(tmp_path / "grandchild.toml", 'extends = "child.toml"\n[backbone]\nflatten = true\n')
+    assert load_values(grandchild)["backbone"] == {"name": "pixels", "flatten": True}  # merged onto the replacement
+    for replace in ('"train.ways"', '["optim"]'):
+        bad = _write(tmp_path / "bad.toml", f'extends = "base.toml"\nreplace = {replace}\n[train]\nsteps = 1\n')
+        with pytest.raises(ConfigError, match=r"bad\.toml: replace = .*is not a table this file sets"):
+            load_values(bad)
+
+
+def test_the_mann_online_config_is_the_paper_input_and_the_pinned_old_one_is_conv4():
+    """The cell moved to raw pixels; its old Conv-4 runs are what the records' amended commands pin."""
+    from metazoo.reproduce import training_key
+
+    config = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml")
+    assert config.backbone == {"name": "pixels"} and config.data.options == {"image_size": 20}
+    old = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml",
+                      ['backbone={name="conv4",width=64}', "data.options={}", "train.val_every=500"])
+    assert old.backbone == {"name": "conv4", "width": 64} and old.data.options == {}
+    assert training_key(old) == "03dad32e"  # runs/slot2_mann/omniglot/mann_5w1s-03dad32e, the Conv-4 record's run
+
+
 def _flatten(values: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in values.items():

@@ -18,7 +18,7 @@ from .scaling import repo_file
 
 CONFIGS = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" for name in (
     "omniglot/protonet_5w1s.toml", "omniglot/matching_5w1s.toml", "omniglot/relation_5w1s.toml",
-    "omniglot/snail_5w1s.toml", "omniglot/mann_online.toml", "omniglot/baseline_5w1s.toml",
+    "omniglot/snail_5w1s.toml", "omniglot/mann_5w1s.toml", "omniglot/baseline_5w1s.toml",
     "omniglot/maml_5w1s.toml", "omniglot/fomaml_5w1s.toml", "omniglot/reptile_5w1s.toml",
     "omniglot/anil_5w1s.toml", "omniglot/metasgd_5w1s.toml", "caltech101/protonet_5w1s.toml")}
 DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))  # 84x84: seconds a step
