@@ -11,7 +11,9 @@ training and validation episodes there; a run trains on the GPU, records it and 
 non-finite loss stops before a checkpoint), then times on the first GPU, on
 Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 
-- a ProtoNet training step (meta-batch 1), in float32 and under bfloat16 autocast (``train.amp = "bf16"``);
+- a ProtoNet training step (meta-batch 1), in float32 and under bfloat16 autocast (``train.amp = "bf16"``),
+  each with the weights contiguous and channels_last (``train.memory_format``: "auto" keeps GPUs contiguous
+  until these rows say whether channels_last pays there);
 - a MAML meta-iteration (second order, 5 inner steps, meta-batch 4; the shape of ``metazoo bench``'s MAML
   table): metazoo batched (the meta-batch's tasks in one grouped pass) and metazoo task by task (learn2learn
   is not timed here: ``metazoo bench``'s MAML contenders build on the CPU and would need a device argument);
@@ -26,6 +28,7 @@ No GPU figure has been recorded from this script yet: no GPU was available when 
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import time
@@ -80,8 +83,11 @@ def training_rows(train, args) -> list[list[str]]:
     batch = [e.to(args.device) for e in EpisodeSampler(train, WAYS, SHOTS, QUERIES, seed=0, episodes=META_BATCH)]
     torch.manual_seed(0)
     protonet = create_learner("protonet", backbone=dict(BACKBONE)).to(args.device)
+    channels_last = copy.deepcopy(protonet).to(memory_format=torch.channels_last)
     blocks = {"ProtoNet training step (meta-batch 1)": trainer_step(protonet, batch[:1]),
               "ProtoNet training step, train.amp = bf16": trainer_step(protonet, batch[:1], "bf16"),
+              "ProtoNet training step, channels_last": trainer_step(channels_last, batch[:1]),
+              "ProtoNet training step, channels_last, train.amp = bf16": trainer_step(channels_last, batch[:1], "bf16"),
               "MAML meta-iteration, metazoo batched": trainer_step(maml(True, args.device), batch),
               "MAML meta-iteration, metazoo task by task": trainer_step(maml(False, args.device), batch)}
     return timed_rows(blocks, args, "iteration")
