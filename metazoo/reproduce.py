@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import hashlib
 import json
 import shlex
@@ -124,6 +125,7 @@ def reproduce(cells: list, out: str | Path, budget: float | None = None, device:
               overrides: list[str] = ()) -> list[dict]:
     """Train and test every cell (see the module docstring); returns the records written now."""
     out = Path(out)
+    git_commit()  # the code this process runs: the checkout now, not when a record is written hours later
     extra = [*overrides, *([f"train.device={device}"] if device else [])]
     written = []
     for p in plan(cells, out, extra):
@@ -180,8 +182,10 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
     }
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None outside one."""
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None outside one, as it was
+    at the first call in this process (:func:`reproduce` calls it before training: the code that ran)."""
     here = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,

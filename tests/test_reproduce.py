@@ -170,3 +170,18 @@ def test_bf16_makes_another_trained_model_and_off_keeps_the_run_names_of_before(
     config.train.amp = "off"
     config.train.pin_cores = True  # where it runs: the same model
     assert training_key(config) == "34328bdb"
+
+
+def test_the_record_commit_is_the_checkout_when_the_command_started(monkeypatch, tmp_path):
+    """A reproduce command trains for hours while the checkout may move on: its records name the commit it
+    started from (the code it loaded), read before any training."""
+    from metazoo import reproduce as module
+
+    module.git_commit.cache_clear()
+    seen = []
+    monkeypatch.setattr(module, "plan", lambda *args: seen.append(module.git_commit.cache_info().currsize) or [])
+    assert reproduce([], tmp_path) == [] and seen == [1]
+    before = module.git_commit()
+    monkeypatch.setattr(module.subprocess, "run", lambda *args, **kwargs: pytest.fail("read the checkout again"))
+    assert module.git_commit() == before
+    module.git_commit.cache_clear()
