@@ -403,11 +403,14 @@ def _load_values(path: Path, chain: tuple[Path, ...]) -> dict:
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: extends = {bases!r}: expected a file name or a list of them")
     replaced = values.pop("replace", [])
+    replaced = [replaced] if isinstance(replaced, str) else replaced
+    if not isinstance(replaced, list) or not all(isinstance(name, str) for name in replaced):
+        raise ConfigError(f"{path}: replace = {replaced!r}: expected a table name or a list of them")
     merged: dict = {}
     for base in bases:
         merged = merge(merged, _load_values(path.parent / base, (*chain, path)))
-    for name in [replaced] if isinstance(replaced, str) else replaced:
-        *parents, last = str(name).split(".")
+    for name in replaced:
+        *parents, last = name.split(".")
         own, inherited = values, merged
         for part in parents:
             own, inherited = own.get(part, {}), inherited.get(part, {})

@@ -165,6 +165,9 @@ def test_replace_drops_the_bases_keys_of_the_tables_it_names(tmp_path):
         bad = _write(tmp_path / "bad.toml", f'extends = "base.toml"\nreplace = {replace}\n[train]\nsteps = 1\n')
         with pytest.raises(ConfigError, match=r"bad\.toml: replace = .*is not a table this file sets"):
             load_values(bad)
+    bad = _write(tmp_path / "bad.toml", 'extends = "base.toml"\nreplace = 3\n')
+    with pytest.raises(ConfigError, match=r"replace = 3: expected a table name or a list of them"):
+        load_values(bad)
 
 
 def test_the_mann_online_config_is_the_paper_input_and_the_pinned_old_one_is_conv4():
