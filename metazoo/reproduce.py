@@ -6,10 +6,11 @@ model gives 5w1s and 20w1s), so a *run* is a training configuration and its cell
 of it. Every run trains into ``OUT/<dataset>/<first cell>-<hash>/`` (resumed if interrupted;
 left alone if finished) and every tested cell appends one record to ``OUT/records.jsonl``
 (:mod:`metazoo.results` reads and renders them); a cell already recorded for the run's current
-step is skipped. ``--budget`` gives each run a wall-clock budget (``train.max_minutes``): a run
-stopped by it is tested as it is, recorded as a budget stop, and continued by a later call with a
-larger budget. ``--zoo DIR`` copies each run's tested weights with its config and records into a
-model-zoo entry.
+step with the same test settings is skipped. ``--set eval...`` is not part of the run: a finished
+run is tested again with it (other test episodes, ``eval.seed``), a record of its own. ``--budget``
+gives each run a wall-clock budget (``train.max_minutes``): a run stopped by it is tested as it is,
+recorded as a budget stop, and continued by a later call with a larger budget. ``--zoo DIR`` copies
+each run's tested weights with its config and records into a model-zoo entry.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .config import Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
 from .results import read_records
-from .run import BEST, CONFIG, LAST, load_checkpoint
+from .run import BEST, CONFIG, LAST, load_checkpoint, read_config
 from .trainer import meta_train, test_run
 
 RECORDS, CHECK = "records.jsonl", "check.json"
@@ -46,7 +47,7 @@ class Plan:
     run_dir: Path
     config: Config
     cells: list = field(default_factory=list)
-    evals: list = field(default_factory=list)  # per cell: its [eval] settings that differ from the run's
+    evals: list = field(default_factory=list)  # per cell: its [eval] settings (see test_settings)
     overrides: list = field(default_factory=list)  # the --set items every cell's config was loaded with
 
     @property
@@ -85,10 +86,17 @@ def plan(cells: list, out: Path, overrides: list[str] = ()) -> list[Plan]:
             name = f"{cell.learner_id}_{cell.ways}w{cell.shots}s-{key}"
             plans[key] = Plan(out / cell.dataset / name, config, overrides=list(overrides))
         plans[key].cells.append(cell)
-        run_eval = plans[key].config.to_dict()["eval"]
-        plans[key].evals.append([f"eval.{k}={json.dumps(v)}" for k, v in config.to_dict()["eval"].items()
-                                 if v != run_eval[k]])  # what this cell tests differently from the run's own
+        plans[key].evals.append(config.to_dict()["eval"])
     return list(plans.values())
+
+
+def test_settings(p: Plan) -> list[list[str]]:
+    """Per cell, the overrides that test it: its [eval] settings that differ from those of the run's
+    ``config.toml`` (what ``metazoo eval`` reads), or of the plan's config before the run exists. A cell of
+    another size, or a ``--set eval...`` given after the run was trained, is tested as asked, never as the run
+    was first tested."""
+    stored = (read_config(p.run_dir) if (p.run_dir / CONFIG).exists() else p.config).to_dict()["eval"]
+    return [[f"eval.{k}={json.dumps(v)}" for k, v in wanted.items() if v != stored.get(k)] for wanted in p.evals]
 
 
 def command_line() -> str:
@@ -106,10 +114,10 @@ def describe(plans: list[Plan], budget: float | None) -> str:
         sets = [*p.overrides, *([f"train.max_minutes={budget:g}"] if budget else [])]
         lines.append(f"  train: metazoo train {p.cells[0].config_path} -o {p.run_dir} --no-test"
                      + "".join(f" --set {shlex.quote(item)}" for item in sets))
-        for cell in p.cells:
+        for cell, evals in zip(p.cells, test_settings(p)):
             paper = f"paper {cell.value}" if cell.value is not None else "no paper number"
-            lines.append(f"  test {cell.id} ({paper}): metazoo eval {p.run_dir} --ways {cell.ways} "
-                         f"--shots {cell.shots}")
+            lines.append(f"  test {cell.id} ({paper}): metazoo eval {p.run_dir} --checkpoint {p.config.eval.checkpoint}"
+                         + "".join(f" --set {shlex.quote(item)}" for item in evals))
     return "\n".join(lines)
 
 
@@ -145,10 +153,11 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
                              progress=progress, test=False)
     state = load_checkpoint(p.run_dir / LAST)
-    done = {(r["cell"], r["steps"]) for r in recorded(out) if r.get("run") == str(p.run_dir)}
+    done = {(r["cell"], r["steps"], tuple(r["protocol"].get("overrides", ()))) for r in recorded(out)
+            if r.get("run") == str(p.run_dir)}  # a cell tested at this step with these settings
     written = []
-    for cell, evals in zip(p.cells, p.evals):
-        if (cell.id, state["step"]) in done:
+    for cell, evals in zip(p.cells, test_settings(p)):
+        if (cell.id, state["step"], tuple(evals)) in done:
             continue
         start = time.perf_counter()
         result = test_run(p.run_dir, config.eval.checkpoint, data_root, progress, evals)
@@ -223,8 +232,9 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:
     name = f"zoo:{entry.relative_to(zoo).as_posix()}"
     records = [{**r, "checkpoint": name} for r in recorded(out) if r.get("run") == str(p.run_dir)]
     (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
-    check = test_run(entry, "best", data_root, False, [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"], write=False)
-    (entry / CHECK).write_text(json.dumps({"overrides": [*p.evals[0], f"eval.episodes={CHECK_EPISODES}"],
+    evals = [*test_settings(p)[0], f"eval.episodes={CHECK_EPISODES}"]
+    check = test_run(entry, "best", data_root, False, evals, write=False)
+    (entry / CHECK).write_text(json.dumps({"overrides": evals,
                                            "mean": round(100 * check.mean, 2), "ci95": round(100 * check.ci95, 2)},
                                           indent=1) + "\n")
     return entry

@@ -3,6 +3,8 @@ model zoo's round trip; the committed zoo entries re-test to their records."""
 import dataclasses
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -93,6 +95,15 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
     assert reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False) == []  # all done
     assert last.stat().st_mtime_ns == stamp
     assert len((tmp_path / "out" / RECORDS).read_text().splitlines()) == 2
+
+    # a test setting given after the run was trained: the same model, tested as asked, a record of its own
+    again = reproduce(chosen[:1], tmp_path / "out", data_root=str(data_root), progress=False,
+                      overrides=["eval.seed=7"])
+    assert [(r["cell"], r["protocol"]["seed"], r["protocol"]["overrides"]) for r in again] == [
+        ("protonet/omniglot/5w1s", 7, ["eval.seed=7"])]
+    assert again[0]["ours"] != records[0]["ours"] and last.stat().st_mtime_ns == stamp
+    assert reproduce(chosen[:1], tmp_path / "out", data_root=str(data_root), progress=False,
+                     overrides=["eval.seed=7"]) == []
 
 
 def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
@@ -185,3 +196,40 @@ def test_the_record_commit_is_the_checkout_when_the_command_started(monkeypatch,
     monkeypatch.setattr(module.subprocess, "run", lambda *args, **kwargs: pytest.fail("read the checkout again"))
     assert module.git_commit() == before
     module.git_commit.cache_clear()
+
+
+def committed_reproduce_records() -> list[dict]:
+    """The committed records that `metazoo reproduce` wrote into a keyed run directory (name-<training key>)."""
+    found = []
+    for path in sorted((REPO / "docs" / "results").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if (record.get("command") or "").startswith("metazoo reproduce ") and \
+                    re.search(r"-[0-9a-f]{8}$", record.get("run") or ""):
+                found.append(record)
+    return found
+
+
+def test_every_committed_reproduce_command_still_trains_the_run_its_record_came_from():
+    """A record's command is how a reader re-runs it: when a config changes after the record (its protocol, a
+    backbone), the command must be pinned (--set) to what ran, or it silently trains something else. Parsed
+    by the CLI's own parser and planned as `metazoo reproduce` plans it."""
+    from metazoo.cli import parser
+
+    records = committed_reproduce_records()
+    assert len(records) > 40
+    for record in records:
+        args = parser().parse_args(shlex.split(record["command"])[1:])
+        runs = [p.name for p in plan(cells(args.selection), Path(args.output), args.set)]
+        assert Path(record["run"]).name in runs, (record["cell"], record["date"], record["command"], runs)
+
+
+def test_a_changed_config_is_caught_by_the_record_commands_check(monkeypatch):
+    """The check above fails when a config no longer resolves to the record's run (here: every config's
+    train.steps changed under the records)."""
+    from metazoo import reproduce as module
+
+    load = module.load_config
+    monkeypatch.setattr(module, "load_config", lambda path, overrides=(): load(path, [*overrides, "train.steps=7"]))
+    with pytest.raises(AssertionError):
+        test_every_committed_reproduce_command_still_trains_the_run_its_record_came_from()
