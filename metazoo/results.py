@@ -22,7 +22,8 @@ hold the project's own. The schema (accuracies in percent)::
 with its latest record (by date, then file order; the earlier ones in a note), ours minus the paper
 and a verdict (``met`` when ours + CI reaches the paper's number, else the gap that is left), then
 the other records; MANN's curve beside the paper's. :func:`render_template` fills a page's
-``<!-- report: SELECTION -->`` markers; ``python -m metazoo.results`` (and ``metazoo report``) run
+``<!-- report: SELECTION -->`` markers (with the word ``grid``: :func:`render_grid`, the papers'
+layout); ``python -m metazoo.results`` (and ``metazoo report``) run
 :func:`report_main`.
 """
 from __future__ import annotations
@@ -191,6 +192,44 @@ def render_table(records: list[dict], every: bool = False, expected: list = ()) 
     return "\n\n".join(lines)
 
 
+def render_grid(records: list[dict], named: list) -> str:
+    """The ``named`` published cells laid out as the papers lay them out: per dataset a row per learner and a
+    column per setting (``5w1s``, ..., ``online``), each its latest record's ``ours +- CI / paper: verdict``
+    (``not run`` without a record); then how many cells are run and how many are at the paper."""
+    latest = {r["cell"]: r for r, _ in rows([r for r in records if r.get("cell")])}
+    tables = []
+    for dataset in dict.fromkeys(c.dataset for c in named):
+        here = {(c.learner_id, c.id.split("/")[2]): c for c in named if c.dataset == dataset}
+        settings = list(dict.fromkeys(setting for _, setting in here))
+        lines = [f"| {NAMES.get(dataset, dataset)} | " + " | ".join(settings) + " |",
+                 "|---" * (len(settings) + 1) + "|"]
+        for learner in dict.fromkeys(learner for learner, _ in here):
+            row = [grid_text(here.get((learner, setting)), latest) for setting in settings]
+            lines.append(f"| {learner} | " + " | ".join(row) + " |")
+        tables.append("\n".join(lines))
+    run = [c for c in named if c.id in latest]
+    met = [c for c in run if verdict(latest[c.id])[2] == "met"]
+    judged = [c for c in named if c.value is not None]
+    return "\n\n".join(tables) + (
+        f"\n\n{len(run)} of {len(named)} cells run; {len(met)} of the {len(judged)} with a paper number at it "
+        "(ours + CI reaches the paper's mean). Each cell: ours +- CI / paper: verdict, from its latest record.")
+
+
+def grid_text(cell, latest: dict) -> str:
+    if cell is None:
+        return ""
+    record = latest.get(cell.id)
+    if record is None:
+        return "not run" + (f" / {cell.value}" if cell.value is not None else "")
+    paper, _, judged = verdict(record)
+    ours = record["ours"]
+    text = f"{ours['mean']:.2f} +- {ours['ci95']:.2f}" + (f" / {paper}: {judged}" if paper else "")
+    ends = [(n, value) for n, value in cell.curve if n in (2, len(record.get("curve") or ()))]
+    if ends and record.get("curve"):  # MANN: the 2nd and the last presentation beside the paper's
+        text += "; " + ", ".join(f"{ordinal(n)} {100 * record['curve'][n - 1][0]:.1f} / {value}" for n, value in ends)
+    return text
+
+
 def ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
@@ -260,12 +299,17 @@ def render_template(template: str, records: list[dict]) -> str:
     def table(match: re.Match) -> str:
         if match.group(1).strip() == "legend":
             return LEGEND
+        words = match.group(1).split()
         try:
-            chosen, every, named = select(records, match.group(1))
+            chosen, every, named = select(records, " ".join(w for w in words if w != "grid"))
         except ValueError as err:
             raise ValueError(f"marker {match.group(0)}: {err}") from None
         if not chosen and not named:
             raise ValueError(f"marker {match.group(0)} selects no records")
+        if "grid" in words:
+            if not named:
+                raise ValueError(f"marker {match.group(0)}: a grid lays out published cells: name them")
+            return render_grid(chosen, named)
         return render_table(chosen, every, named)
     return MARKER.sub(table, template)
 

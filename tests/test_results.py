@@ -166,6 +166,22 @@ def test_template_markers_select_cells_filters_and_every_record(tmp_path):
         render_template("<!-- report: protonets -->", records)
 
 
+def test_a_grid_lays_out_the_papers_cells_with_each_latest_record():
+    """The papers' layout: a row per learner, a column per setting, per dataset; the latest record of a cell
+    (protonet 5w1s: 98.61 + 0.19 reaches 98.8 exactly), the cells without one, MANN's presentations."""
+    text = render_template("<!-- report: protonet mann grid -->", read_records(SAMPLE))
+    assert text.split("\n\n") == [
+        "| Omniglot | 5w1s | 5w5s | 20w1s | 20w5s | online |\n|---|---|---|---|---|---|\n"
+        "| protonet | 98.61 +- 0.19 / 98.8: met | not run / 99.7 | not run / 96.0 | not run / 98.9 |  |\n"
+        "| mann |  |  |  |  | 30.33 +- 0.28; 2nd 31.5 / 82.8, 3rd 28.8 / 91.0 |",
+        "| mini-ImageNet | 5w1s | 5w5s |\n|---|---|---|\n"
+        "| protonet | not run / 49.42 | 68.50 +- 0.70 / 68.2: met |",
+        "3 of 7 cells run; 2 of the 6 with a paper number at it (ours + CI reaches the paper's mean). Each cell: "
+        "ours +- CI / paper: verdict, from its latest record."]
+    with pytest.raises(ValueError, match="a grid lays out published cells: name them"):
+        render_template("<!-- report: dataset=caltech101 grid -->", read_records(SAMPLE))
+
+
 def test_records_are_read_from_folders_and_checked(tmp_path):
     (tmp_path / "a.jsonl").write_text(SAMPLE.read_text())
     (tmp_path / "b.jsonl").write_text("\n" + json.dumps({"cell": None, "learner": "protonet"}) + "\n")
