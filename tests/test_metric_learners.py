@@ -55,6 +55,22 @@ def test_matching_logits_equal_a_hand_computation_of_the_attention_kernel(scale)
     assert float(metrics["accuracy"]) == 0.5  # query 1 is closest to class 1, labelled 2
 
 
+def test_matching_support_normalisation_lets_the_query_norm_set_the_temperature():
+    """normalize="support": the similarities are dot products with the unit support vectors, so the query
+    (0, 5) attends with five times the sharpness of its unit direction; "both" ignores its norm."""
+    support = LabeledSet(torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), torch.tensor([0, 1, 1]), 2)
+    query = torch.tensor([[0.0, 5.0]])
+    r = 1 / math.sqrt(2)
+    z = math.exp(0.0) + math.exp(5.0) + math.exp(5 * r)  # 5 x the cosines 0, 1, 1/sqrt2
+    expected = torch.tensor([[math.exp(0.0) / z, (math.exp(5.0) + math.exp(5 * r)) / z]]).log()
+    torch.testing.assert_close(MatchingNet(Flatten(2), normalize="support").adapt(support)(query), expected)
+    z = math.exp(0.0) + math.exp(1.0) + math.exp(r)
+    both = torch.tensor([[math.exp(0.0) / z, (math.exp(1.0) + math.exp(r)) / z]]).log()
+    torch.testing.assert_close(MatchingNet(Flatten(2)).adapt(support)(query), both)
+    with pytest.raises(ValueError, match="learner.normalize='query': valid values are 'both', 'support'"):
+        MatchingNet(Flatten(2), normalize="query")
+
+
 def test_matching_logits_are_clamped_where_a_class_gets_no_attention():
     learner = MatchingNet(Flatten(2), scale=1e4)  # attention all on the nearest support example
     support = LabeledSet(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), 2)

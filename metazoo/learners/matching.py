@@ -11,9 +11,18 @@ from .base import Learner
 PROBABILITY_FLOOR = 1e-8  # class probabilities are clamped here before the log, so logits stay finite
 
 
-def cosine_attention(queries: torch.Tensor, support: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Softmax over support examples of scaled cosine similarities: (n, d), (m, d) -> (n, m)."""
-    similarities = F.normalize(queries, dim=-1) @ F.normalize(support, dim=-1).T  # (n, m)
+NORMALIZE = ("both", "support")  # which side of the cosine is divided by its norm
+
+
+def cosine_attention(queries: torch.Tensor, support: torch.Tensor, scale: float = 1.0,
+                     normalize: str = "both") -> torch.Tensor:
+    """Softmax over support examples of scaled cosine similarities: (n, d), (m, d) -> (n, m). With
+    ``normalize="support"`` only the support embeddings are divided by their norms, so a query's own norm
+    scales its similarities (a temperature the embedding learns)."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize={normalize!r}: valid values are {', '.join(map(repr, NORMALIZE))}")
+    queries = F.normalize(queries, dim=-1) if normalize == "both" else queries
+    similarities = queries @ F.normalize(support, dim=-1).T  # (n, m)
     return (scale * similarities).softmax(-1)
 
 
@@ -93,12 +102,17 @@ class MatchingNet(Learner):
         scale: multiplies the cosine similarities before the softmax. 1.0 is the paper's kernel;
             cosines lie in [-1, 1] (in [0, 1] for ReLU features), so its attention stays soft;
             larger values (e.g. 10) sharpen it, as in later cosine-similarity classifiers.
+        normalize: ``"both"`` (the paper's cosine) or ``"support"``: only the support embeddings are
+            normalised, the query's norm then acting as a temperature the embedding learns (what
+            widely used reimplementations of the paper compute).
     """
 
     def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, scale: float = 1.0,
-                 bn: str = "running") -> None:
+                 normalize: str = "both", bn: str = "running") -> None:
         super().__init__(backbone, bn)
-        self.fce, self.scale = fce, scale
+        if normalize not in NORMALIZE:
+            raise ValueError(f"learner.normalize={normalize!r}: valid values are {', '.join(map(repr, NORMALIZE))}")
+        self.fce, self.scale, self.normalize = fce, scale, normalize
         if fce_steps < 1:
             raise ValueError(f"fce_steps={fce_steps}: the attention LSTM needs at least one processing step")
         if fce:
@@ -117,7 +131,7 @@ class MatchingNet(Learner):
         """Query backbone features (n, d) and g(S) (m, d) -> logits (n, ways)."""
         if self.fce:
             features = self.query_context(features, support_features)
-        attention = cosine_attention(features, support_features, self.scale)  # (n, m)
+        attention = cosine_attention(features, support_features, self.scale, self.normalize)  # (n, m)
         return attention_log_probs(attention, support.labels, support.ways)
 
     def adapt(self, support: LabeledSet) -> MatchingClassifier:
