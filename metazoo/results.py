@@ -224,9 +224,10 @@ def grid_text(cell, latest: dict) -> str:
     paper, _, judged = verdict(record)
     ours = record["ours"]
     text = f"{ours['mean']:.2f} +- {ours['ci95']:.2f}" + (f" / {paper}: {judged}" if paper else "")
-    ends = [(n, value) for n, value in cell.curve if n in (2, len(record.get("curve") or ()))]
-    if ends and record.get("curve"):  # MANN: the 2nd and the last presentation beside the paper's
-        text += "; " + ", ".join(f"{ordinal(n)} {100 * record['curve'][n - 1][0]:.1f} / {value}" for n, value in ends)
+    curve = record.get("curve") or []  # MANN: our 2nd and last presentations beside the paper's
+    ends = [(n, value) for n, value in cell.curve if n in (2, len(curve)) and n <= len(curve)]
+    if ends:
+        text += "; " + ", ".join(f"{ordinal(n)} {100 * curve[n - 1][0]:.1f} / {value}" for n, value in ends)
     return text
 
 

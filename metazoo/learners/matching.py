@@ -18,9 +18,7 @@ def cosine_attention(queries: torch.Tensor, support: torch.Tensor, scale: float 
                      normalize: str = "both") -> torch.Tensor:
     """Softmax over support examples of scaled cosine similarities: (n, d), (m, d) -> (n, m). With
     ``normalize="support"`` only the support embeddings are divided by their norms, so a query's own norm
-    scales its similarities (a temperature the embedding learns)."""
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize={normalize!r}: valid values are {', '.join(map(repr, NORMALIZE))}")
+    scales its similarities (a temperature the embedding learns); :class:`MatchingNet` checks the value once."""
     queries = F.normalize(queries, dim=-1) if normalize == "both" else queries
     similarities = queries @ F.normalize(support, dim=-1).T  # (n, m)
     return (scale * similarities).softmax(-1)
