@@ -194,9 +194,38 @@ def test_relation_scores_equal_the_relation_module_on_summed_class_maps_by_hand(
     for k in range(3):
         class_map = maps[ep.support.labels == k].sum(0)  # K-shot: the sum of the class's support maps
         for i, query in enumerate(queries):
-            expected[i, k] = learner.relation(torch.cat([class_map, query])[None])[0]  # (class, query) channels
+            pair = torch.cat([class_map, query])[None]  # (class, query) channels: the paper's input
+            expected[i, k] = learner.relation.head(learner.relation.blocks(pair).flatten(1))[0, 0]
     torch.testing.assert_close(learner(ep), expected)
     torch.testing.assert_close(learner.adapt(ep.support)(ep.query.inputs), expected)
+
+
+def concatenated_pair_scores(module, class_maps, query_maps):
+    """The paper's relation module: every (query, class) pair's maps concatenated, then the blocks."""
+    n, ways = len(query_maps), len(class_maps)
+    pairs = torch.cat([class_maps[None].expand(n, -1, -1, -1, -1), query_maps[:, None].expand(-1, ways, -1, -1, -1)],
+                      dim=2).flatten(0, 1)  # pair i * ways + k: query i with class k
+    return module.head(module.blocks(pairs).flatten(1)).view(n, ways)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_relation_module_factored_first_conv_equals_the_concatenated_pairs_with_gradients(training):
+    # the module convolves each class map and each query map once and sums per pair; the paper's
+    # concatenation gives the same scores and the same gradients, BatchNorm's batch statistics included
+    torch.manual_seed(0)
+    module = RelationNet(Conv4(downsample_blocks=2)).relation.train(training)
+    if not training:  # running statistics that are not the initial 0 / 1
+        module.blocks[0][1].running_mean.uniform_(-1, 1), module.blocks[0][1].running_var.uniform_(0.5, 2)
+    class_maps = torch.randn(5, 64, 7, 7, requires_grad=True)
+    query_maps = torch.randn(7, 64, 7, 7, requires_grad=True)
+    fast = module(class_maps, query_maps)
+    grads = torch.autograd.grad(fast.square().sum(), [class_maps, query_maps, *module.parameters()])
+    reference = concatenated_pair_scores(module, class_maps, query_maps)
+    expected = torch.autograd.grad(reference.square().sum(), [class_maps, query_maps, *module.parameters()])
+    assert fast.shape == (7, 5)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_relation_loss_is_the_mean_squared_error_against_one_hot_labels():

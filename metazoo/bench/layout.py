@@ -21,7 +21,11 @@ CONFIGS = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" f
     "omniglot/snail_5w1s.toml", "omniglot/mann_5w1s.toml", "omniglot/baseline_5w1s.toml",
     "omniglot/maml_5w1s.toml", "omniglot/fomaml_5w1s.toml", "omniglot/reptile_5w1s.toml",
     "omniglot/anil_5w1s.toml", "omniglot/metasgd_5w1s.toml", "caltech101/protonet_5w1s.toml")}
-DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))  # 84x84: seconds a step
+# only when named: 84x84 (seconds a step) and the other Relation cells (the pair count grows with ways x queries)
+EXTRA = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" for name in (
+    "omniglot/relation_5w5s.toml", "omniglot/relation_20w1s.toml", "omniglot/relation_20w5s.toml")}
+DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))
+CONFIGS.update(EXTRA)
 HEADER = ["configuration", "learner", "contiguous s/step", "channels_last s/step", "speed-up", "auto chooses"]
 
 
