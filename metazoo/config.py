@@ -140,7 +140,9 @@ class OptimConfig:
     name: str = setting("adam", "The outer-loop optimiser (`adam`, `sgd`, ...).", Names(("optimisers",)))
     lr: float = setting(1e-3, "Learning rate (the meta learning rate).", least=0)
     weight_decay: float = setting(0.0, "L2 weight decay.")
-    momentum: float = setting(0.9, "SGD's momentum (`sgd` only).")
+    momentum: float = setting(0.9, "SGD's and RMSProp's momentum (`sgd`, `rmsprop`).")
+    alpha: float = setting(0.99, "RMSProp's decay of its running average of squared gradients (`rmsprop` only).",
+                           least=0)
     schedule: str = setting("step", "The learning-rate schedule: `step` (times `gamma` every `step_size` steps) or "
                                     "`linear` (down to 0 at `train.steps`, Reptile's).", Names(("schedules",)))
     step_size: int = setting(0, "`step` schedule: steps between learning-rate decays (0: a constant rate).", least=0)

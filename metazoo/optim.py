@@ -20,6 +20,13 @@ def sgd(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Optimiz
     return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
+def rmsprop(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Optimizer:
+    """RMSProp with ``lr``, ``alpha`` (the squared-gradient average's decay), ``momentum`` and ``weight_decay``
+    (MANN's paper trains with RMSProp)."""
+    return torch.optim.RMSprop(params, lr=optim.lr, alpha=optim.alpha, momentum=optim.momentum,
+                               weight_decay=optim.weight_decay)
+
+
 def step_schedule(optimizer: torch.optim.Optimizer, optim: Any, steps: int):
     """The learning rate times ``gamma`` every ``step_size`` steps; constant with ``step_size = 0``."""
     decays = optim.step_size > 0

@@ -230,6 +230,7 @@ BUILTINS: dict[Registry, list[tuple[str, str, str]]] = {
     OPTIMIZERS: [
         ("adam", "optim:adam", "Adam (lr, weight_decay)"),
         ("sgd", "optim:sgd", "SGD with momentum (lr, momentum, weight_decay)"),
+        ("rmsprop", "optim:rmsprop", "RMSProp (lr, alpha, momentum, weight_decay)"),
     ],
     SCHEDULES: [
         ("step", "optim:step_schedule", "times gamma every step_size steps (0: constant)"),

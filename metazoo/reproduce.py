@@ -71,6 +71,8 @@ def training_key(config: Config) -> str:
         values["train"].pop(key)
     if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
         values["train"].pop("amp")
+    if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
+        values["optim"].pop("alpha")
     values["data"].pop("root")
     values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]

@@ -54,7 +54,7 @@ def test_overrides_parse_toml_values():
     ("eval.split=tset", r"eval\.split = 'tset': expected one of 'train', 'val', 'test'$"),
     ("train.device=cdua", r"train\.device = 'cdua': expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'$"),
     ("data.dataset=omniglott", r"data\.dataset = 'omniglott': unknown dataset; valid: .*'omniglot'"),
-    ("optim.name=adamw", r"optim\.name = 'adamw': unknown optimiser; valid: 'adam', 'sgd'"),
+    ("optim.name=adamw", r"optim\.name = 'adamw': unknown optimiser; valid: 'adam', 'rmsprop', 'sgd'"),
     ("optim.schedule=cosine", r"optim\.schedule = 'cosine': unknown schedule; valid: .*'linear'.*'step'"),
     ("eval.protocol=onlin", r"eval\.protocol = 'onlin': unknown protocol; valid: 'episodic', .*'online'"),
     ("multitask.tasks=alphabet", r"multitask\.tasks = 'alphabet': unknown task set; valid: '', 'alphabets'"),

@@ -114,3 +114,26 @@ def test_tensorboard_gets_the_metrics_rows(tmp_path, data_root):
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     assert [e.step for e in events.Scalars("val/accuracy")] == [2]
+
+
+def test_rmsprop_takes_the_step_computed_by_hand():
+    """optim.name = "rmsprop" (MANN's optimiser): squared-gradient average with decay alpha, momentum on the
+    scaled gradient."""
+    from metazoo.registry import OPTIMIZERS
+    from metazoo.reproduce import training_key
+
+    config = from_dict({"optim": {"name": "rmsprop", "lr": 0.1, "alpha": 0.95, "momentum": 0.9}})
+    weights = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = OPTIMIZERS.get_factory("rmsprop")([weights], config.optim)
+    expected, average, velocity = weights.detach().clone(), torch.zeros(2), torch.zeros(2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (weights ** 2).sum().backward()
+        optimizer.step()
+        grad = 2 * expected
+        average = 0.95 * average + 0.05 * grad ** 2
+        velocity = 0.9 * velocity + grad / (average.sqrt() + 1e-8)
+        expected = expected - 0.1 * velocity
+    torch.testing.assert_close(weights.detach(), expected)
+    # the default is left out of the key (tests/test_reproduce.py: every record's run keeps its name); others count
+    assert training_key(from_dict({"optim": {"alpha": 0.95}})) != training_key(from_dict({}))
