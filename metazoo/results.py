@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import json
 import re
 from pathlib import Path
@@ -210,9 +211,11 @@ def render_grid(records: list[dict], named: list) -> str:
     run = [c for c in named if c.id in latest]
     met = [c for c in run if verdict(latest[c.id])[2] == "met"]
     judged = [c for c in named if c.value is not None]
+    short = [c for c in run if (latest[c.id].get("steps") or 0) < cell_budget(c, latest[c.id])]
     return "\n\n".join(tables) + (
         f"\n\n{len(run)} of {len(named)} cells run; {len(met)} of the {len(judged)} with a paper number at it "
-        "(ours + CI reaches the paper's mean). Each cell: ours +- CI / paper: verdict, from its latest record.")
+        f"(ours + CI reaches the paper's mean); {len(short)} trained for fewer steps than their config's budget. "
+        "Each cell: ours +- CI / paper: verdict (its steps, of the config's where fewer), from its latest record.")
 
 
 def grid_text(cell, latest: dict) -> str:
@@ -224,11 +227,29 @@ def grid_text(cell, latest: dict) -> str:
     paper, _, judged = verdict(record)
     ours = record["ours"]
     text = f"{ours['mean']:.2f} +- {ours['ci95']:.2f}" + (f" / {paper}: {judged}" if paper else "")
+    if record.get("steps") is not None:  # how far the run got: most first runs stopped far short
+        budget = cell_budget(cell, record)
+        text += f" ({record['steps']}" + (f" of {budget}" if budget > record["steps"] else "") + " steps)"
     curve = record.get("curve") or []  # MANN: our 2nd and last presentations beside the paper's
     ends = [(n, value) for n, value in cell.curve if n in (2, len(curve)) and n <= len(curve)]
     if ends:
         text += "; " + ", ".join(f"{ordinal(n)} {100 * curve[n - 1][0]:.1f} / {value}" for n, value in ends)
     return text
+
+
+def cell_budget(cell, record: dict) -> int:
+    """A published cell's step budget: its config's ``train.steps`` (where the experiments/ folder is here),
+    else what the record's run planned."""
+    steps = config_steps(cell.config)
+    return steps if steps is not None else record.get("planned_steps") or record["steps"]
+
+
+@functools.lru_cache(maxsize=None)
+def config_steps(config: str) -> int | None:
+    from .config import experiments_roots, load_config
+
+    roots = experiments_roots()
+    return load_config(roots[0] / config).train.steps if roots and (roots[0] / config).is_file() else None
 
 
 def ordinal(n: int) -> str:
