@@ -6,6 +6,7 @@ Only the commands that train, evaluate or read data import torch; ``--help``, ``
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -104,7 +105,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(describe(plan(chosen, Path(args.output), args.set), args.budget))
         return 0
     records = reproduce(chosen, args.output, args.budget, args.device, args.data_root, args.zoo, not args.quiet,
-                        args.set)
+                        args.set, until=args.until)
     for r in records:
         paper = f" (paper {r['paper']['value']})" if r["paper"] else ""
         print(f"{r['cell']}: {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f}%{paper} after {r['steps']} steps")
@@ -215,6 +216,23 @@ def add_eval(sub, plugin: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_eval)
 
 
+def wall_clock(text: str, now: datetime.datetime | None = None) -> float:
+    """``--until``: ``HH:MM`` (the next time the clock shows it) or an ISO date and time, local time, as seconds
+    since the epoch; an ISO time already past is an error."""
+    now = now or datetime.datetime.now()
+    try:
+        if "T" in text or "-" in text:
+            when = datetime.datetime.fromisoformat(text)
+            if when <= now:
+                raise argparse.ArgumentTypeError(f"{text} has passed (now {now:%Y-%m-%dT%H:%M})")
+            return when.timestamp()
+        clock = datetime.time.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HH:MM or YYYY-MM-DDTHH:MM") from None
+    when = datetime.datetime.combine(now.date(), clock)
+    return (when if when > now else when + datetime.timedelta(days=1)).timestamp()
+
+
 def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
     s = sub.add_parser("reproduce", parents=[plugin], help="train and test the paper cells (metazoo.published), "
                                                            "one record per cell")
@@ -224,6 +242,10 @@ def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
                    help="output folder: a run per trained model and records.jsonl (default runs/reproduce)")
     s.add_argument("--budget", type=float,
                    help="wall-clock minutes per run (train.max_minutes); a later call with a larger budget continues")
+    s.add_argument("--until", type=wall_clock, metavar="TIME",
+                   help="stop training at this local time, HH:MM (its next occurrence) or YYYY-MM-DDTHH:MM: each run "
+                        "stops with a checkpoint then and is tested (leave a margin for the tests), and no run "
+                        "starts after it; a later call continues")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
     s.add_argument("--dry-run", action="store_true", help="list the cells, the runs they need and the commands")
     s.add_argument("--zoo", help="also write a model-zoo entry per run here (e.g. experiments/zoo)")

@@ -9,8 +9,11 @@ left alone if finished) and every tested cell appends one record to ``OUT/record
 step with the same test settings is skipped. ``--set eval...`` is not part of the run: a finished
 run is tested again with it (other test episodes, ``eval.seed``), a record of its own. ``--budget``
 gives each run a wall-clock budget (``train.max_minutes``): a run stopped by it is tested as it is,
-recorded as a budget stop, and continued by a later call with a larger budget. ``--zoo DIR`` copies
-each run's tested weights with its config and records into a model-zoo entry.
+recorded as a budget stop, and continued by a later call with a larger budget. ``--until TIME`` stops
+training at a wall-clock time (a session's or a job's end): each run's budget is cut to what it has
+trained plus the minutes left, so it stops with a checkpoint and is tested, and no run starts after
+that time; a later call continues. Loading the data and the tests come on top: leave a margin.
+``--zoo DIR`` copies each run's tested weights with its config and records into a model-zoo entry.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import datetime
 import functools
 import hashlib
 import json
+import logging
 import shlex
 import subprocess
 import sys
@@ -35,6 +39,8 @@ from .build import resolve_device
 from .results import read_records
 from .run import BEST, CONFIG, LAST, load_checkpoint, read_config
 from .trainer import meta_train, test_run
+
+LOG = logging.getLogger("metazoo")
 
 RECORDS, CHECK = "records.jsonl", "check.json"
 CHECK_EPISODES = 20  # a zoo entry's quick re-test: its first test episodes, to the printed precision
@@ -132,24 +138,39 @@ def finished(p: Plan) -> bool:
 
 def reproduce(cells: list, out: str | Path, budget: float | None = None, device: str | None = None,
               data_root: str | None = None, zoo: str | Path | None = None, progress: bool = True,
-              overrides: list[str] = ()) -> list[dict]:
-    """Train and test every cell (see the module docstring); returns the records written now."""
+              overrides: list[str] = (), until: float | None = None) -> list[dict]:
+    """Train and test every cell (see the module docstring); returns the records written now. ``until``: a
+    wall-clock time (seconds since the epoch) after which no training step runs and no run starts."""
     out = Path(out)
     git_commit()  # the code this process runs: the checkout now, not when a record is written hours later
     extra = [*overrides, *([f"train.device={device}"] if device else [])]
     written = []
     for p in plan(cells, out, extra):
-        written += run_plan(p, out, budget, data_root, progress)
+        if until is not None and time.time() >= until:
+            LOG.info(f"{p.name}: not started, the --until time has passed (a later call continues it)")
+            continue
+        written += run_plan(p, out, budget, data_root, progress, until)
         if zoo is not None:
             to_zoo(p, Path(zoo), out, data_root)
     return written
 
 
-def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, progress: bool) -> list[dict]:
+def run_budget(p: Plan, budget: float | None, until: float | None) -> float:
+    """``train.max_minutes`` for this call: ``budget`` (else the config's own), cut by ``until`` (a time since the
+    epoch) to the minutes the run has trained so far plus the minutes left until then."""
+    minutes = budget or p.config.train.max_minutes
+    if until is None:
+        return minutes
+    trained = load_checkpoint(p.run_dir / LAST).get("train_seconds", 0.0) if (p.run_dir / LAST).exists() else 0.0
+    cap = (trained + max(until - time.time(), 0.0)) / 60
+    return min(minutes, cap) if minutes > 0 else cap
+
+
+def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, progress: bool,
+             until: float | None = None) -> list[dict]:
     """Train (or resume) one run, then test and record each of its cells not yet recorded at this step."""
     config = copy.deepcopy(p.config)
-    if budget:
-        config.train.max_minutes = budget
+    config.train.max_minutes = run_budget(p, budget, until)
     summary = None
     if not finished(p):
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,

@@ -1,6 +1,8 @@
 """metazoo reproduce: cells grouped into trained models, skipped when done, resumed after a kill; the
 model zoo's round trip; the committed zoo entries re-test to their records."""
+import argparse
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -16,7 +18,7 @@ import torch
 
 from metazoo.published import cells
 from metazoo.config import load_config
-from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, to_zoo, training_key
+from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, run_budget, to_zoo, training_key
 from metazoo.run import load_run
 from metazoo.trainer import test_run as evaluate_run
 
@@ -104,6 +106,39 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
     assert again[0]["ours"] != records[0]["ours"] and last.stat().st_mtime_ns == stamp
     assert reproduce(chosen[:1], tmp_path / "out", data_root=str(data_root), progress=False,
                      overrides=["eval.seed=7"]) == []
+
+
+def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(tmp_path, data_root):
+    chosen = tiny_cells(tmp_path, steps=1_000_000, val_every=1_000_000)
+    out = tmp_path / "out"
+    assert reproduce(chosen, out, data_root=str(data_root), progress=False, until=time.time() - 1) == []
+    assert not out.exists()  # past the time: nothing started
+
+    start = time.time()
+    records = reproduce(chosen, out, data_root=str(data_root), progress=False, until=start + 4)
+    state = torch.load(plan(chosen, out)[0].run_dir / "last.pt", weights_only=True)
+    assert [(r["stopped"], r["steps"]) for r in records] == [("budget", state["step"])] * 2  # stopped, then tested
+    assert 0 < state["step"] < 1_000_000 and 3.5 < state["train_seconds"] < 8, state["train_seconds"]
+
+    # a later call: the run's budget is what it trained plus the minutes left, and --budget still caps it
+    p = plan(chosen, out)[0]
+    left = run_budget(p, None, time.time() + 600) - state["train_seconds"] / 60
+    assert 9.9 < left <= 10
+    assert run_budget(p, 3.0, time.time() + 600) == 3.0 and run_budget(p, 3.0, None) == 3.0
+    assert run_budget(p, None, time.time() - 5) == pytest.approx(state["train_seconds"] / 60)
+
+
+def test_until_takes_a_clock_time_or_a_date_and_time():
+    from metazoo.cli import wall_clock
+
+    now = datetime.datetime(2026, 12, 3, 19, 20)
+    assert datetime.datetime.fromtimestamp(wall_clock("19:30", now)) == datetime.datetime(2026, 12, 3, 19, 30)
+    assert datetime.datetime.fromtimestamp(wall_clock("07:00", now)) == datetime.datetime(2026, 12, 4, 7, 0)
+    assert datetime.datetime.fromtimestamp(wall_clock("2026-12-05T06:15", now)) == datetime.datetime(2026, 12, 5, 6, 15)
+    with pytest.raises(argparse.ArgumentTypeError, match="2026-12-03T19:00 has passed"):
+        wall_clock("2026-12-03T19:00", now)
+    with pytest.raises(argparse.ArgumentTypeError, match="'7pm': expected HH:MM or YYYY-MM-DDTHH:MM"):
+        wall_clock("7pm", now)
 
 
 def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
