@@ -171,6 +171,8 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
     """Train (or resume) one run, then test and record each of its cells not yet recorded at this step."""
     config = copy.deepcopy(p.config)
     config.train.max_minutes = run_budget(p, budget, until)
+    if (p.run_dir / CONFIG).exists():  # a run trained before continues with its own [eval] (its validation):
+        config.eval = read_config(p.run_dir).eval  # a --set eval... given now only tests it (test_settings)
     summary = None
     if not finished(p):
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,

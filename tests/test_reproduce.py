@@ -127,6 +127,14 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
     assert run_budget(p, 3.0, time.time() + 600) == 3.0 and run_budget(p, 3.0, None) == 3.0
     assert run_budget(p, None, time.time() - 5) == pytest.approx(state["train_seconds"] / 60)
 
+    # a test setting given to the unfinished run: it resumes with its own [eval] (no config clash), trains
+    # nothing within a spent budget, and is tested as asked
+    again = reproduce(chosen[:1], out, budget=state["train_seconds"] / 120, data_root=str(data_root), progress=False,
+                      overrides=["eval.seed=7"])
+    assert [(r["steps"], r["protocol"]["seed"], r["protocol"]["overrides"]) for r in again] == [
+        (state["step"], 7, ["eval.seed=7"])]
+    assert torch.load(p.run_dir / "last.pt", weights_only=True)["step"] == state["step"]
+
 
 def test_until_takes_a_clock_time_or_a_date_and_time():
     from metazoo.cli import wall_clock
