@@ -4,11 +4,11 @@
 
 (``--device cpu --skip-tests --repeats 1 --steps 1`` is a dry run of the timing code on a machine without one.)
 
-Without CUDA it says so and exits 0. With CUDA it runs ``pytest -m gpu`` (tests/test_gpu.py: a training step
-and a MAML meta-iteration on the GPU give the CPU's loss and gradients; a bfloat16 step (``train.amp``) stays
-close to float32; a split moved to the GPU gives the host's episodes bit for bit, and a run gathers its
-training and validation episodes there; a run trains on the GPU, records it and reloads on the CPU; a
-non-finite loss stops before a checkpoint), then times on the first GPU, on
+Without CUDA it says so and exits 0. With CUDA it runs ``pytest -m gpu`` (tests/test_gpu.py: training steps of
+ProtoNet, Matching, Relation and SNAIL and a MAML meta-iteration on the GPU give the CPU's loss and gradients; a
+bfloat16 step (``train.amp``) stays close to float32; a split moved to the GPU gives the host's episodes bit for
+bit, and a run gathers its training and validation episodes there; a run trains on the GPU, records it and
+reloads on the CPU; a non-finite loss stops before a checkpoint), then times on the first GPU, on
 Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 
 - a ProtoNet training step (meta-batch 1), in float32 and under bfloat16 autocast (``train.amp = "bf16"``),
@@ -23,7 +23,7 @@ Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 
 Each row is the median of ``--repeats`` blocks of ``--steps`` iterations, the GPU synchronised at the end of
 each block, the contenders of a table taking turns. The exit status is pytest's (0 when the tests pass).
-No GPU figure has been recorded from this script yet: no GPU was available when it was written.
+Its first run (an NVIDIA H200, 2026-12-04) is recorded in docs/benchmarks.md (j).
 """
 from __future__ import annotations
 
