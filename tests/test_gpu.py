@@ -4,6 +4,10 @@ Relation, SNAIL) and a MAML meta-iteration give the CPU's loss and gradients, a 
 float32, and a run keeps its images on the GPU, trains, records its device and reloads on the CPU.
 experiments/benchmarks/gpu_check.py runs these on a GPU machine."""
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +26,7 @@ from metazoo.trainer import test_run as reevaluate
 
 from .test_contract import CONFIG
 
+REPO = Path(__file__).resolve().parents[1]
 BACKBONE = {"name": "conv4", "in_channels": 1, "width": 16, "image_size": 28}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -233,3 +238,15 @@ def test_a_multitask_run_on_cuda_gathers_its_task_batches_there_and_trains(tmp_p
     assert run.items[0].inputs.device.type == "cuda"
     summary = meta_train(config, tmp_path / "run", progress=False)
     assert summary["test"]["device"].startswith("cuda") and 0 <= summary["test"]["mean"] <= 1
+
+
+def test_the_gpu_cells_script_says_what_it_takes_and_refuses_a_machine_without_cuda(tmp_path):
+    script = str(REPO / "experiments" / "omniglot" / "gpu_cells.sh")
+    usage = subprocess.run(["bash", script], capture_output=True, text=True)
+    assert usage.returncode == 2 and "gpu_cells.sh OUT BUDGET_MINUTES CELL..." in usage.stdout
+    if torch.cuda.is_available():
+        return
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(["bash", script, str(tmp_path / "out"), "1", "protonet/omniglot/5w1s"], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and out.stderr.strip() == "gpu_cells: no CUDA device here"
