@@ -250,3 +250,22 @@ def test_the_gpu_cells_script_says_what_it_takes_and_refuses_a_machine_without_c
     out = subprocess.run(["bash", script, str(tmp_path / "out"), "1", "protonet/omniglot/5w1s"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 2 and out.stderr.strip() == "gpu_cells: no CUDA device here"
+
+
+def test_the_gpu_check_dry_run_times_every_row_on_the_cpu(data_root, capsys):
+    """The script's timing code on the CPU (``--device cpu --skip-tests``): every row, the MAML ones from
+    ``metazoo bench``'s contenders, learn2learn's among them where it imports."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "experiments" / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--device", "cpu", "--skip-tests", "--repeats", "1", "--steps", "1",
+                           "--data-root", str(data_root)]) == 0
+    rows = [line.split(" | ")[0].lstrip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    protonet = "ProtoNet training step"
+    assert rows[1:] == [f"{protonet} (meta-batch 1)", f"{protonet}, train.amp = bf16", f"{protonet}, channels_last",
+                        f"{protonet}, channels_last, train.amp = bf16", "MAML meta-iteration, metazoo batched",
+                        "MAML meta-iteration, metazoo task by task", "MAML meta-iteration, learn2learn",
+                        "episode sampling on the host, copied to the device",
+                        "episode sampling from images on the device (a run's path)"]

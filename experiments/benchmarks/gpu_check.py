@@ -14,9 +14,10 @@ Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 - a ProtoNet training step (meta-batch 1), in float32 and under bfloat16 autocast (``train.amp = "bf16"``),
   each with the weights contiguous and channels_last (``train.memory_format``: "auto" keeps GPUs contiguous
   until these rows say whether channels_last pays there);
-- a MAML meta-iteration (second order, 5 inner steps, meta-batch 4; the shape of ``metazoo bench``'s MAML
-  table): metazoo batched (the meta-batch's tasks in one grouped pass) and metazoo task by task (learn2learn
-  is not timed here: ``metazoo bench``'s MAML contenders build on the CPU and would need a device argument);
+- a MAML meta-iteration (second order, 5 inner steps, meta-batch 4): ``metazoo bench``'s MAML contenders
+  (:func:`metazoo.bench.maml.contender`, the same weights and episodes) on the GPU: metazoo batched (the
+  meta-batch's tasks in one grouped pass), metazoo task by task, and learn2learn's MAML where learn2learn
+  imports (the GPU machine's image may lack it: then its row says so);
 - episode sampling: drawn and gathered on the host and copied to the GPU, and as a run on the GPU samples
   them (``build_dataset`` moves the split's uint8 images to the GPU once; the sampler draws the indices on
   the host and gathers and converts the images on the GPU).
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import subprocess
 import sys
 import time
@@ -42,13 +44,14 @@ sys.path.insert(0, str(REPO))
 
 from metazoo import create_learner  # noqa: E402
 from metazoo.bench.common import interleaved_medians, machine, table  # noqa: E402
+from metazoo.bench.maml import META_BATCH, QUERIES, SHOTS, SIZES, WAYS, contender  # noqa: E402
 from metazoo.build import build_dataset  # noqa: E402
 from metazoo.config import from_dict  # noqa: E402
 from metazoo.data import EpisodeSampler, create_dataset, data_root  # noqa: E402
 from metazoo.objective import autocast  # noqa: E402
 
-BACKBONE = {"name": "conv4", "in_channels": 1, "width": 64, "image_size": 28, "pooling": False, "global_pool": True}
-WAYS, SHOTS, QUERIES, INNER_STEPS, INNER_LR, META_BATCH = 5, 1, 15, 5, 0.01, 4
+BACKBONE = {"name": "conv4", **SIZES[28][1]}  # MAML's Omniglot network, for ProtoNet too
+MAML_ROWS = {"metazoo": "metazoo batched", "metazoo task-by-task": "metazoo task by task", "learn2learn": "learn2learn"}
 
 
 def synchronised(step, steps: int, device: torch.device):
@@ -73,12 +76,6 @@ def trainer_step(learner: nn.Module, batch: list, amp: str = "off"):
     return step
 
 
-def maml(batch_tasks: bool, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    return create_learner("maml", backbone=dict(BACKBONE), ways=WAYS, inner_steps=INNER_STEPS, inner_lr=INNER_LR,
-                          batch_tasks=batch_tasks).to(device)
-
-
 def training_rows(train, args) -> list[list[str]]:
     batch = [e.to(args.device) for e in EpisodeSampler(train, WAYS, SHOTS, QUERIES, seed=0, episodes=META_BATCH)]
     torch.manual_seed(0)
@@ -88,9 +85,26 @@ def training_rows(train, args) -> list[list[str]]:
               "ProtoNet training step, train.amp = bf16": trainer_step(protonet, batch[:1], "bf16"),
               "ProtoNet training step, channels_last": trainer_step(channels_last, batch[:1]),
               "ProtoNet training step, channels_last, train.amp = bf16": trainer_step(channels_last, batch[:1], "bf16"),
-              "MAML meta-iteration, metazoo batched": trainer_step(maml(True, args.device), batch),
-              "MAML meta-iteration, metazoo task by task": trainer_step(maml(False, args.device), batch)}
-    return timed_rows(blocks, args, "iteration")
+              **maml_blocks(batch, args.device)}
+    rows = timed_rows(blocks, args, "iteration")
+    if not learn2learn_imports():
+        rows.append(["MAML meta-iteration, learn2learn", "not timed: learn2learn does not import here", "", ""])
+    return rows
+
+
+def learn2learn_imports() -> bool:
+    try:
+        import learn2learn  # noqa: F401
+    except Exception:  # not installed, or installed without what it imports (gym, its compiled parts)
+        return False
+    return True
+
+
+def maml_blocks(batch: list, device: torch.device) -> dict:
+    """``metazoo bench``'s MAML contenders on ``device`` (the same weights), learn2learn's where it imports."""
+    names = [name for name in MAML_ROWS if name != "learn2learn" or learn2learn_imports()]
+    return {f"MAML meta-iteration, {MAML_ROWS[name]}": functools.partial(contender(name, 28, False, device=device),
+                                                                         batch) for name in names}
 
 
 def sampling_rows(train, args) -> list[list[str]]:

@@ -48,12 +48,14 @@ def episodes(size: int, root: Path, count: int, seed: int = 0) -> list:
     return list(EpisodeSampler(dataset, WAYS, SHOTS, QUERIES, seed=seed, episodes=count))
 
 
-def contender(name: str, size: int, first_order: bool, lr: float = 1e-3, seed: int = 0) -> Callable[[list], None]:
-    """One meta-iteration (meta-batch in, Adam step done) of contender ``name``."""
+def contender(name: str, size: int, first_order: bool, lr: float = 1e-3, seed: int = 0,
+              device: torch.device | str = "cpu") -> Callable[[list], None]:
+    """One meta-iteration (meta-batch in, Adam step done) of contender ``name``, its weights on ``device`` (the
+    episodes given to it must be there too)."""
     torch.manual_seed(seed)
     learner = create_learner("maml", backbone={"name": "conv4", **SIZES[size][1]}, ways=WAYS, inner_steps=INNER_STEPS,
                              inner_lr=INNER_LR, first_order=first_order, batch_tasks=name != "metazoo task-by-task",
-                             tasks_per_pass=1 if name == "metazoo 1 task/pass" else 0)
+                             tasks_per_pass=1 if name == "metazoo 1 task/pass" else 0).to(device)
     if name != "learn2learn":
         optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
 
