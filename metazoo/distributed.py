@@ -108,6 +108,11 @@ def session(device: torch.device) -> Iterator[object]:
     dist.init_process_group("nccl" if nccl else "gloo", timeout=None if nccl else TIMEOUT)
     try:
         yield dist.new_group(backend="gloo") if nccl else None
+        # every process past its last collective before any closes its connections: a gloo peer still reading
+        # when the other side closes can abort its process (SIGABRT, "Connection closed by peer"), seen once in a
+        # resumed 2-process run under load (not after an error: the other processes may be gone)
+        with collective("barrier at the end of the run"):
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
