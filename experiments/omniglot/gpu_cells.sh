@@ -37,6 +37,7 @@ for job in $(jobs -p); do wait "$job" || status=1; done
 echo "gpu_cells: ${#cells[@]} cells in $(( $(date +%s) - start )) s (exit status $status)"
 for cell in "${cells[@]}"; do
   name=${cell//\//_}
-  grep -h "after .* steps\|rror" "$out/$name.log" 2>/dev/null | tail -n 1 || echo "$cell: (no result)"
+  result=$(grep -h "after .* steps\|rror" "$out/$name.log" 2>/dev/null | tail -n 1)
+  echo "${result:-$cell: (no result)}"
 done
 exit $status
