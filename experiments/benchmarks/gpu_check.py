@@ -85,9 +85,9 @@ def training_rows(train, args) -> list[list[str]]:
               "ProtoNet training step, train.amp = bf16": trainer_step(protonet, batch[:1], "bf16"),
               "ProtoNet training step, channels_last": trainer_step(channels_last, batch[:1]),
               "ProtoNet training step, channels_last, train.amp = bf16": trainer_step(channels_last, batch[:1], "bf16"),
-              **maml_blocks(batch, args.device)}
+              **maml_blocks(batch, args.device, with_learn2learn := learn2learn_imports())}
     rows = timed_rows(blocks, args, "iteration")
-    if not learn2learn_imports():
+    if not with_learn2learn:
         rows.append(["MAML meta-iteration, learn2learn", "not timed: learn2learn does not import here", "", ""])
     return rows
 
@@ -100,9 +100,9 @@ def learn2learn_imports() -> bool:
     return True
 
 
-def maml_blocks(batch: list, device: torch.device) -> dict:
-    """``metazoo bench``'s MAML contenders on ``device`` (the same weights), learn2learn's where it imports."""
-    names = [name for name in MAML_ROWS if name != "learn2learn" or learn2learn_imports()]
+def maml_blocks(batch: list, device: torch.device, with_learn2learn: bool) -> dict:
+    """``metazoo bench``'s MAML contenders on ``device`` (the same weights), learn2learn's if asked."""
+    names = [name for name in MAML_ROWS if name != "learn2learn" or with_learn2learn]
     return {f"MAML meta-iteration, {MAML_ROWS[name]}": functools.partial(contender(name, 28, False, device=device),
                                                                          batch) for name in names}
 
