@@ -202,8 +202,9 @@ def add_eval(sub, plugin: argparse.ArgumentParser) -> None:
     s.add_argument("--queries", type=int)
     s.add_argument("--episodes", type=int)
     s.add_argument("--seed", type=int)
-    s.add_argument("--bn", choices=["running", "transductive"],
-                   help="BatchNorm mode (the learner's bn setting; a gradient learner's is fixed by its training)")
+    s.add_argument("--bn", choices=["running", "transductive", "query_with_support"],
+                   help="BatchNorm mode (the learner's bn setting; a gradient learner's per_step is fixed by its "
+                        "training, its transductive and query_with_support share their weights)")
     s.add_argument("--checkpoint", choices=["best", "last"])
     s.add_argument("--protocol", help="episodic, online (MANN's protocol: accuracy by presentation), multitask "
                                       "(held-out images of a multi-task run's tasks), or a plugin's")

@@ -191,7 +191,8 @@ class Config:
                                                   "arguments of its constructor, whose defaults apply to the rest "
                                                   "(docs/learners.md), checked for unknown keys and types at load. "
                                                   "Every learner takes `bn`, its BatchNorm mode (`\"running\"`, "
-                                                  "`\"transductive\"`, ...; docs/protocol.md).",
+                                                  "`\"transductive\"`, `\"query_with_support\"`, ...; "
+                                                  "docs/protocol.md).",
                             LEARNER_NAMES)
     backbone: dict = setting({"name": "conv4"}, "`name`: the backbone (`metazoo list`: `conv4`, `resnet12`, "
                                                 "`pixels`, and plugins'); the other keys are the keyword "

@@ -207,6 +207,48 @@ def test_per_step_batchnorm_keeps_statistics_per_step_and_classifies_queries_alo
     torch.testing.assert_close(together, alone)
 
 
+@pytest.mark.parametrize("name", ["maml", "anil", "reptile"])
+def test_query_with_support_classifies_each_query_in_a_batch_with_the_support_set(name, monkeypatch):
+    """Reptile's non-transductive test: manual SGD on a deep copy, then each query's logits from a forward
+    pass of the support set and that query alone (BatchNorm on that batch's statistics)."""
+    learner = make(name, inner_steps=2, inner_lr=0.3, test_inner_steps=3, bn="query_with_support").eval()
+    transductive = make(name, inner_steps=2, inner_lr=0.3, test_inner_steps=3).eval()
+    ep = episodes(1)[0]
+    reference = reference_net(learner)
+    if name == "anil":  # its inner loop moves the head only
+        for p in reference[0].parameters():
+            p.requires_grad_(False)
+    adapted = manual_sgd(reference, ep, 3, 0.3)
+    with torch.no_grad():
+        expected = torch.stack([adapted(torch.cat([ep.support.inputs, x[None]]))[-1] for x in ep.query.inputs])
+        logits = learner(ep)
+        torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(transductive(ep), expected, atol=1e-6)  # a query batch's statistics differ
+        monkeypatch.setattr("metazoo.learners.gradient.QUERY_PASS_IMAGES", 7)  # one query per pass: the same
+        torch.testing.assert_close(learner(ep), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_query_with_support_meta_loss_equals_task_by_task():
+    """While meta-training too, and for a meta-batch of tasks adapted together: the same loss and gradients as
+    each task's query loss computed query by query."""
+    eps = episodes(2)
+    learner = make("maml", inner_steps=2, inner_lr=0.3, bn="query_with_support")
+    loss, _ = learner.meta_loss(eps)
+    loss.backward()
+    batched = [p.grad.clone() for p in learner.parameters()]
+    learner.zero_grad()
+    total = 0
+    for ep in eps:
+        params = learner.fast_weights(ep.support.inputs[None], ep.support.labels[None], create_graph=True)
+        rows = [learner.logits(params, 2, torch.cat([ep.support.inputs, x[None]])[None])[0, -1]
+                for x in ep.query.inputs]
+        total = total + F.cross_entropy(torch.stack(rows), ep.query.labels) / len(eps)
+    torch.testing.assert_close(loss, total, rtol=1e-10, atol=1e-12)
+    total.backward()
+    for a, p in zip(batched, learner.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_batched_per_step_gradients_equal_task_by_task():
     eps = episodes(3)
     grads = []
@@ -233,7 +275,7 @@ def test_wrong_way_count_is_a_clear_error():
     learner = make("maml")
     with pytest.raises(ValueError, match="3-way.*learner.ways"):
         learner.adapt(episode(ways=4, shots=1, queries=1).to(dtype=torch.float64).support)
-    with pytest.raises(ValueError, match="valid: transductive, per_step"):
+    with pytest.raises(ValueError, match="valid: transductive, query_with_support, per_step"):
         make("maml", bn="running")
 
 

@@ -16,20 +16,24 @@ from .base import Learner
 from .inner import Params, TaskNet, inner_loop, stack_params
 
 
-class FastWeightClassifier:
-    """A learner's network bound to task-adapted weights (one task)."""
+QUERY_PASS_IMAGES = 4096  # bn = "query_with_support": images in one pass (queries x (support + 1)) at most
 
-    def __init__(self, learner: "GradientLearner", params: Params, step: int) -> None:
-        self.learner, self.params, self.step = learner, params, step
+
+class FastWeightClassifier:
+    """A learner's network bound to task-adapted weights (one task) and the support set it adapted on."""
+
+    def __init__(self, learner: "GradientLearner", params: Params, step: int, support: torch.Tensor) -> None:
+        self.learner, self.params, self.step, self.support = learner, params, step, support
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.learner.logits(self.params, self.step, inputs[None])[0]
+        return self.learner.query_logits(self.params, self.step, self.support[None], inputs[None])[0]
 
 
 class GradientLearner(Learner):
     """A network adapted to each task by gradient descent on its support set.
 
-    Its BatchNorm mode is fixed when it is built (``bn_modes``: transductive or per_step).
+    Its BatchNorm mode is fixed when it is built (``bn_modes``: transductive, query_with_support or
+    per_step).
 
     Args:
         backbone: feature extractor with ``feature_size``.
@@ -41,6 +45,9 @@ class GradientLearner(Learner):
         bn: BatchNorm statistics. ``"transductive"`` (MAML's paper): every forward pass, train
             or test, normalises with the statistics of its own batch (the support set while
             adapting, the query set when classifying); no running statistics are kept.
+            ``"query_with_support"`` (Reptile's non-transductive test): batch statistics as in
+            ``"transductive"``, but each query is classified in a batch of its task's support set
+            and itself alone, so no query sees another's statistics (its logits are the last row).
             ``"per_step"``: batch statistics while meta-training, plus running statistics kept
             separately for each inner step (Antoniou et al. 2019) and used in eval mode, so a
             query is classified on its own.
@@ -51,7 +58,7 @@ class GradientLearner(Learner):
             memory of about one task's graph at 1, like learn2learn's loop); the gradients are the same.
     """
 
-    bn_modes = ("transductive", "per_step")
+    bn_modes = ("transductive", "query_with_support", "per_step")
     channels_last_pays = False  # the task-batched grouped convolutions ran no faster in it (benchmarks.md, (i))
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
@@ -67,7 +74,7 @@ class GradientLearner(Learner):
         self.head = nn.Linear(backbone.feature_size, ways)
         for module in backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if bn == "transductive":
+                if self.batch_statistics:
                     module.track_running_stats = False
                     module.running_mean = module.running_var = module.num_batches_tracked = None
                 else:  # one row of running statistics per number of inner updates made so far
@@ -75,6 +82,11 @@ class GradientLearner(Learner):
                     module.running_var = torch.ones(inner_steps + 1, module.num_features)
         self._body, self._head = TaskNet(backbone, batch_tasks), TaskNet(self.head, batch_tasks)
         self.build()
+
+    @property
+    def batch_statistics(self) -> bool:
+        """Whether BatchNorm always normalises with the statistics of the batch it is given."""
+        return self.bn in ("transductive", "query_with_support")
 
     def build(self) -> None:
         """Subclasses add their own meta-parameters here (Meta-SGD: step sizes)."""
@@ -93,7 +105,7 @@ class GradientLearner(Learner):
 
     # --- the network as a function of (per-task) weights -------------------------------------------
     def _stats(self, step: int) -> dict[str, torch.Tensor]:
-        if self.bn == "transductive":
+        if self.batch_statistics:
             return {}
         row = min(step, self.inner_steps)
         return {name: buffer[row] for name, buffer in self.backbone.named_buffers()
@@ -109,6 +121,23 @@ class GradientLearner(Learner):
     def logits(self, params: Params, step: int, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (T, n, ways) of inputs (T, n, ...) under per-task weights ``params``."""
         return self.classify(params, self.features(params, step, inputs))
+
+    def query_logits(self, params: Params, step: int, support: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Logits (T, q, ways) of query sets ``queries`` (T, q, ...) under per-task weights ``params``: the
+        queries of a task as one batch, or (``bn = "query_with_support"``) each query in a batch of its task's
+        support set ``support`` (T, n, ...) and itself, run as T x q tasks of n + 1 images."""
+        if self.bn != "query_with_support":
+            return self.logits(params, step, queries)
+        tasks, count, shots = queries.shape[0], queries.shape[1], support.shape[1]
+        per_pass = max(1, QUERY_PASS_IMAGES // (tasks * (shots + 1)))
+        parts = []
+        for start in range(0, count, per_pass):
+            part = queries[:, start:start + per_pass]
+            k = part.shape[1]
+            batches = torch.cat([support[:, None].expand(tasks, k, *support.shape[1:]), part[:, :, None]], 2)
+            repeated = {name: p.repeat_interleave(k, 0) for name, p in params.items()}
+            parts.append(self.logits(repeated, step, batches.flatten(0, 1))[:, -1].unflatten(0, (tasks, k)))
+        return torch.cat(parts, 1)
 
     def fast_weights(self, inputs: torch.Tensor, labels: torch.Tensor, create_graph: bool,
                      steps: int | None = None) -> Params:
@@ -141,7 +170,7 @@ class GradientLearner(Learner):
                                        create_graph=training and not self.first_order, steps=steps)
         if not training:  # eval mode: fast weights are constants
             params = {name: p.detach() for name, p in params.items()}
-        return FastWeightClassifier(self, params, steps)
+        return FastWeightClassifier(self, params, steps, support.inputs)
 
     def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean query loss after adaptation; the tasks of a meta-batch are adapted together."""
@@ -175,7 +204,7 @@ class GradientLearner(Learner):
         """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways)."""
         params = self.fast_weights(support_x, support_y,
                                    create_graph=self.training and not self.first_order)
-        logits = self.logits(params, self.steps(), query_x)
+        logits = self.query_logits(params, self.steps(), support_x, query_x)
         return self.loss(logits.flatten(0, 1), query_y.flatten()), logits
 
 
@@ -236,7 +265,8 @@ class Reptile(GradientLearner):
     ``phi_i`` held constant, which is ``theta - mean(phi_i)``, so an SGD outer optimiser with
     learning rate ``eps`` (and no momentum) makes exactly Reptile's update; its value is the
     adapted weights' loss on the query set (which they were fitted on). At test time Reptile
-    adapts on the support set only, like every learner.
+    adapts on the support set only, like every learner; the paper's main numbers classify each
+    query with the support set and itself in the batch (``bn = "query_with_support"``).
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
@@ -252,7 +282,7 @@ class Reptile(GradientLearner):
         params = {n: p.detach() for n, p in self.fast_weights(inputs, labels, create_graph=False).items()}
         named = dict(self.named_parameters())
         surrogate = sum(0.5 * (named[n] - params[n]).pow(2).sum() for n in self.adapted_names()) / len(inputs)
-        with torch.no_grad():
+        with torch.no_grad():  # a training metric on items the weights were fitted on: the queries as one batch
             logits = self.logits(params, self.steps(), query_x)
             query_loss = self.loss(logits.flatten(0, 1), query_y.flatten())
         return surrogate - surrogate.detach() + query_loss, logits
