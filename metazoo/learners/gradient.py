@@ -128,8 +128,8 @@ class GradientLearner(Learner):
         support set ``support`` (T, n, ...) and itself, run as T x q tasks of n + 1 images."""
         if self.bn != "query_with_support":
             return self.logits(params, step, queries)
-        tasks, count, shots = queries.shape[0], queries.shape[1], support.shape[1]
-        per_pass = max(1, QUERY_PASS_IMAGES // (tasks * (shots + 1)))
+        tasks, count, size = queries.shape[0], queries.shape[1], support.shape[1]
+        per_pass = max(1, QUERY_PASS_IMAGES // (tasks * (size + 1)))  # queries of each task in one pass
         parts = []
         for start in range(0, count, per_pass):
             part = queries[:, start:start + per_pass]
