@@ -29,6 +29,10 @@ def test_every_learner_has_the_papers_cells():
     assert dict(CELLS["mann/omniglot/online"].curve) == {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}
 
 
+# a published cell's BatchNorm (metazoo.published) -> the learner.bn settings that test that way
+PAPER_BN = {"transductive": {"transductive"}, "non-transductive": {"query_with_support"}, "running": {"running"}}
+
+
 @pytest.mark.parametrize("cell", list(CELLS.values()), ids=list(CELLS))
 def test_every_cell_names_a_config_that_reproduces_it(cell):
     path = REPO / cell.config_path
@@ -40,6 +44,11 @@ def test_every_cell_names_a_config_that_reproduces_it(cell):
     assert config.learner["name"] == cell.learner
     for key, value in cell.settings:
         assert config.learner.get(key) == value, f"{cell.id}: learner.{key}"
+    if cell.bn is not None:  # the config tests as the paper's numbers were tested
+        from metazoo.registry import LEARNERS, accepted_kwargs
+
+        bn = config.learner.get("bn", accepted_kwargs(LEARNERS.get_factory(cell.learner)).get("bn"))
+        assert bn in PAPER_BN[cell.bn], f"{cell.id}: learner.bn = {bn!r} for the paper's {cell.bn} numbers"
 
 
 def test_cells_selects_datasets_learners_and_ids_in_the_published_order():
