@@ -64,9 +64,10 @@ def test_the_recorded_batchnorm_mode_is_the_learners_and_says_what_ran(bn):
 def test_a_gradient_learner_records_its_own_batchnorm_mode_and_refuses_others():
     learner = create_learner("maml", backbone=dict(BACKBONE), ways=3, bn="transductive")
     assert evaluate(learner, sampler()).protocol["bn"] == "transductive"
-    assert evaluate(create_learner("maml", backbone=dict(BACKBONE), ways=3, bn="per_step"),
-                    sampler()).protocol["bn"] == "per_step"
-    with pytest.raises(ValueError, match="unknown BatchNorm mode bn='running'; valid: transductive, per_step"):
+    for bn in ("per_step", "query_with_support"):
+        assert evaluate(create_learner("maml", backbone=dict(BACKBONE), ways=3, bn=bn), sampler()).protocol["bn"] == bn
+    with pytest.raises(ValueError, match="unknown BatchNorm mode bn='running'; "
+                                         "valid: transductive, query_with_support, per_step"):
         create_learner("maml", backbone=dict(BACKBONE), ways=3, bn="running")
     with pytest.raises(ValueError, match="valid: running, transductive"):
         create_learner("protonet", backbone=dict(BACKBONE), bn="runing")
