@@ -255,11 +255,7 @@ def test_the_gpu_cells_script_says_what_it_takes_and_refuses_a_machine_without_c
 def test_the_gpu_check_dry_run_times_every_row_on_the_cpu(data_root, capsys):
     """The script's timing code on the CPU (``--device cpu --skip-tests``): every row, the MAML ones from
     ``metazoo bench``'s contenders, learn2learn's among them where it imports."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "experiments" / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = _gpu_check()
     assert gpu_check.main(["--device", "cpu", "--skip-tests", "--repeats", "1", "--steps", "1",
                            "--data-root", str(data_root)]) == 0
     rows = [line.split(" | ")[0].lstrip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
@@ -269,3 +265,72 @@ def test_the_gpu_check_dry_run_times_every_row_on_the_cpu(data_root, capsys):
                         "MAML meta-iteration, metazoo task by task", "MAML meta-iteration, learn2learn",
                         "episode sampling on the host, copied to the device",
                         "episode sampling from images on the device (a run's path)"]
+
+
+LEARN2LEARN_MAML_STEP = """
+import sys
+import torch
+import torch.nn.functional as F
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+maml = learn2learn.algorithms.MAML(net, lr=0.5)
+clone = maml.clone()
+clone.adapt(F.cross_entropy(clone(x), y))
+F.cross_entropy(clone(x), y).backward()
+grads = [p.grad for p in maml.parameters()]
+"""
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "experiments" / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_check_loads_learn2learns_maml_modules_alone_where_the_package_does_not_import(tmp_path):
+    """A GPU machine's image without learn2learn: ``--learn2learn-pack`` copies the MAML modules, and in a process
+    where ``import learn2learn`` fails, ``--learn2learn-from`` loads them without the package's ``__init__``; a
+    second-order meta-gradient through them is the installed package's, bit for bit."""
+    learn2learn = pytest.importorskip("learn2learn")
+    gpu_check = _gpu_check()
+    assert gpu_check.main(["--learn2learn-pack", str(tmp_path / "pack")]) == 0
+    folder = tmp_path / "pack" / "learn2learn"
+    assert sorted(str(f.relative_to(folder)) for f in folder.rglob("*.py")) == sorted(gpu_check.LEARN2LEARN_MAML)
+    path = REPO / "experiments" / "benchmarks" / "gpu_check.py"
+    script = f"""
+import importlib.util, sys
+class Missing:  # this process has no learn2learn package, as the GPU machine's image
+    def find_spec(self, name, path=None, target=None):
+        if name == "learn2learn":
+            raise ImportError("no learn2learn here")
+sys.meta_path.insert(0, Missing())
+spec = importlib.util.spec_from_file_location("gpu_check", {str(path)!r})
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+assert gpu_check.learn2learn_source() is None  # without the pack: nothing
+print(gpu_check.learn2learn_source({str(tmp_path / "pack")!r}))
+import learn2learn
+print(sys.modules["learn2learn.algorithms.maml"].__file__)
+{LEARN2LEARN_MAML_STEP}
+torch.save(grads, {str(tmp_path / "grads.pt")!r})
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    source, where = out.stdout.splitlines()[-2:]
+    assert source == f"learn2learn {learn2learn.__version__}, its MAML modules alone from {folder}"
+    assert Path(where) == folder / "algorithms" / "maml.py"
+    expected = {"learn2learn": learn2learn}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(LEARN2LEARN_MAML_STEP, expected)
+    finally:
+        torch.set_num_threads(threads)
+    got = torch.load(tmp_path / "grads.pt")
+    assert len(got) == len(expected["grads"]) == 4
+    assert all(torch.equal(a, b) for a, b in zip(got, expected["grads"]))

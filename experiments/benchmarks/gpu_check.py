@@ -1,6 +1,8 @@
 """GPU check: the GPU-marked tests, then a timing table, on a machine with CUDA (meant to take under 5 minutes).
 
     python experiments/benchmarks/gpu_check.py [--data-root DIR] [--skip-tests] [--repeats 5] [--steps 10]
+        [--learn2learn-from DIR]
+    python experiments/benchmarks/gpu_check.py --learn2learn-pack DIR   # where learn2learn imports: for the above
 
 (``--device cpu --skip-tests --repeats 1 --steps 1`` is a dry run of the timing code on a machine without one.)
 
@@ -17,10 +19,18 @@ Omniglot 28x28, 5-way 1-shot with 15 queries, Conv-4 with 64 channels, Adam:
 - a MAML meta-iteration (second order, 5 inner steps, meta-batch 4): ``metazoo bench``'s MAML contenders
   (:func:`metazoo.bench.maml.contender`, the same weights and episodes) on the GPU: metazoo batched (the
   meta-batch's tasks in one grouped pass), metazoo task by task, and learn2learn's MAML where learn2learn
-  imports (the GPU machine's image may lack it: then its row says so);
+  imports, or else where ``--learn2learn-from DIR`` holds its MAML modules (below; without either its row
+  says so);
 - episode sampling: drawn and gathered on the host and copied to the GPU, and as a run on the GPU samples
   them (``build_dataset`` moves the split's uint8 images to the GPU once; the sampler draws the indices on
   the host and gathers and converts the images on the GPU).
+
+A GPU machine whose image lacks learn2learn (and what its package imports: gym, its compiled parts, ...) can
+still time its MAML: ``--learn2learn-pack DIR``, run where learn2learn imports, copies the four pure-Python
+modules ``learn2learn.algorithms.MAML`` is made of (``_version``, ``utils``, ``algorithms/base_learner``,
+``algorithms/maml``, unchanged) into ``DIR/learn2learn``; carry DIR to the GPU machine (an ignored path, never
+committed) and pass ``--learn2learn-from DIR`` there: those modules load on their own, without the package's
+``__init__``, and the row says so under the table.
 
 Each row is the median of ``--repeats`` blocks of ``--steps`` iterations, the GPU synchronised at the end of
 each block, the contenders of a table taking turns. The exit status is pytest's (0 when the tests pass).
@@ -31,9 +41,12 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib
+import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -52,6 +65,8 @@ from metazoo.objective import autocast  # noqa: E402
 
 BACKBONE = {"name": "conv4", **SIZES[28][1]}  # MAML's Omniglot network, for ProtoNet too
 MAML_ROWS = {"metazoo": "metazoo batched", "metazoo task-by-task": "metazoo task by task", "learn2learn": "learn2learn"}
+# the modules learn2learn.algorithms.MAML is made of (learn2learn 0.2.0), relative to the package's folder
+LEARN2LEARN_MAML = ("_version.py", "utils/__init__.py", "algorithms/base_learner.py", "algorithms/maml.py")
 
 
 def synchronised(step, steps: int, device: torch.device):
@@ -85,19 +100,46 @@ def training_rows(train, args) -> list[list[str]]:
               "ProtoNet training step, train.amp = bf16": trainer_step(protonet, batch[:1], "bf16"),
               "ProtoNet training step, channels_last": trainer_step(channels_last, batch[:1]),
               "ProtoNet training step, channels_last, train.amp = bf16": trainer_step(channels_last, batch[:1], "bf16"),
-              **maml_blocks(batch, args.device, with_learn2learn := learn2learn_imports())}
+              **maml_blocks(batch, args.device, args.learn2learn is not None)}
     rows = timed_rows(blocks, args, "iteration")
-    if not with_learn2learn:
+    if args.learn2learn is None:
         rows.append(["MAML meta-iteration, learn2learn", "not timed: learn2learn does not import here", "", ""])
     return rows
 
 
-def learn2learn_imports() -> bool:
+def learn2learn_source(pack: Path | None = None) -> str | None:
+    """Where ``import learn2learn`` finds ``learn2learn.algorithms.MAML``, in words: the installed package, or
+    else the MAML modules of a ``--learn2learn-pack`` in ``pack`` loaded on their own (a ``learn2learn`` package
+    of those modules alone goes into ``sys.modules``); None where neither is there."""
     try:
-        import learn2learn  # noqa: F401
+        import learn2learn
+        return f"learn2learn {learn2learn.__version__}, the installed package"
     except Exception:  # not installed, or installed without what it imports (gym, its compiled parts)
-        return False
-    return True
+        pass
+    folder = None if pack is None else Path(pack) / "learn2learn"
+    if folder is None or not all((folder / name).is_file() for name in LEARN2LEARN_MAML):
+        return None
+    for name in [name for name in sys.modules if name.split(".")[0] == "learn2learn"]:
+        del sys.modules[name]  # what the failed import left
+    for name, path in (("learn2learn", folder), ("learn2learn.algorithms", folder / "algorithms")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]  # its submodules load from there; its own __init__ never runs
+        sys.modules[name] = package
+    top, algorithms = sys.modules["learn2learn"], sys.modules["learn2learn.algorithms"]
+    top.algorithms, top.__version__ = algorithms, importlib.import_module("learn2learn._version").__version__
+    algorithms.MAML = importlib.import_module("learn2learn.algorithms.maml").MAML
+    return f"learn2learn {top.__version__}, its MAML modules alone from {folder}"
+
+
+def pack_learn2learn(dest: Path) -> Path:
+    """Copies the installed learn2learn's MAML modules (:data:`LEARN2LEARN_MAML`) into ``dest/learn2learn``."""
+    import learn2learn
+
+    source, folder = Path(learn2learn.__file__).parent, Path(dest) / "learn2learn"
+    for name in LEARN2LEARN_MAML:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, folder / name)
+    return folder
 
 
 def maml_blocks(batch: list, device: torch.device, with_learn2learn: bool) -> dict:
@@ -138,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed blocks per row (median reported)")
     p.add_argument("--steps", type=int, default=10, help="iterations per timed block")
     p.add_argument("--device", type=torch.device, default=torch.device("cuda"), help="cuda (default), cuda:N, cpu")
+    p.add_argument("--learn2learn-from", type=Path, metavar="DIR",
+                   help="where learn2learn does not import: load its MAML modules from DIR/learn2learn")
+    p.add_argument("--learn2learn-pack", type=Path, metavar="DIR",
+                   help="only copy the installed learn2learn's MAML modules into DIR/learn2learn (for one without it)")
     args = p.parse_args(argv)
+    if args.learn2learn_pack is not None:
+        print(f"gpu_check: learn2learn's MAML modules copied to {pack_learn2learn(args.learn2learn_pack)}")
+        return 0
     if args.device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to check")
         return 0
@@ -149,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "-p", "no:cacheprovider"], cwd=REPO).returncode
         print(f"GPU tests: exit status {status} in {time.perf_counter() - start:.0f} s\n")
     train = create_dataset("omniglot", split="train", root=data_root(args.data_root))
+    args.learn2learn = learn2learn_source(args.learn2learn_from)
     rows = training_rows(train, args) + sampling_rows(train, args)
     name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     print(f"\n{name}; {machine()}\n")
     print(table(["what", "time per item", "items/s", "item"], rows))
+    print(f"\nlearn2learn: {args.learn2learn or 'not found (see --learn2learn-from)'}")
     return status
 
 
