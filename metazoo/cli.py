@@ -248,7 +248,9 @@ def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
                         "stops with a checkpoint then and is tested (leave a margin for the tests), and no run "
                         "starts after it; a later call continues")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
-    s.add_argument("--dry-run", action="store_true", help="list the cells, the runs they need and the commands")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the cells, the runs they need (where one has started: its step and best validation) "
+                        "and the commands")
     s.add_argument("--zoo", help="also write a model-zoo entry per run here (e.g. experiments/zoo)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override every cell's config (e.g. train.steps=100 for a smoke test)")

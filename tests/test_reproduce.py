@@ -18,7 +18,7 @@ import torch
 
 from metazoo.published import cells
 from metazoo.config import load_config
-from metazoo.reproduce import CHECK, RECORDS, plan, reproduce, run_budget, to_zoo, training_key
+from metazoo.reproduce import CHECK, RECORDS, describe, plan, reproduce, run_budget, to_zoo, training_key
 from metazoo.run import load_run
 from metazoo.trainer import test_run as evaluate_run
 
@@ -119,6 +119,10 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
     state = torch.load(plan(chosen, out)[0].run_dir / "last.pt", weights_only=True)
     assert [(r["stopped"], r["steps"]) for r in records] == [("budget", state["step"])] * 2  # stopped, then tested
     assert 0 < state["step"] < 1_000_000 and 3.5 < state["train_seconds"] < 8, state["train_seconds"]
+    best = state["best"]  # the dry run says where the run stands
+    seen = f", best validation {100 * best['accuracy']:.2f}% at step {best['step']}" if best["accuracy"] >= 0 else ""
+    assert f"{plan(chosen, out)[0].run_dir} (at step {state['step']} of 1000000{seen}: resumes)" in \
+        describe(plan(chosen, out), None)
 
     # a later call: the run's budget is what it trained plus the minutes left, and --budget still caps it
     p = plan(chosen, out)[0]
@@ -168,6 +172,7 @@ def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
     assert 3 <= stopped_at < 60, "the kill came too late to test a resume"
     records = reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False)
     assert [r["steps"] for r in records] == [60, 60]
+    assert f"{run_dir} (finished at step 60, best validation " in describe(plan(chosen, tmp_path / "out"), None)
     straight = reproduce(chosen, tmp_path / "straight", data_root=str(data_root), progress=False)
     assert [r["ours"] for r in straight] == [r["ours"] for r in records]  # resumed = never interrupted
 
