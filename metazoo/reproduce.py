@@ -116,7 +116,7 @@ def describe(plans: list[Plan], budget: float | None) -> str:
     lines = [f"{sum(len(p.cells) for p in plans)} cells on {len(plans)} trained models"]
     for p in plans:
         t = p.config.train
-        lines.append(f"\n{p.run_dir} ({progress(p)}): {p.config.learner['name']}, {t.split} split, {t.ways}-way "
+        lines.append(f"\n{p.run_dir} ({standing(p)}): {p.config.learner['name']}, {t.split} split, {t.ways}-way "
                      f"{t.shots}-shot, {t.steps} steps{f', budget {budget:g} min' if budget else ''}")
         sets = [*p.overrides, *([f"train.max_minutes={budget:g}"] if budget else [])]
         lines.append(f"  train: metazoo train {p.cells[0].config_path} -o {p.run_dir} --no-test"
@@ -128,7 +128,7 @@ def describe(plans: list[Plan], budget: float | None) -> str:
     return "\n".join(lines)
 
 
-def progress(p: Plan) -> str:
+def standing(p: Plan) -> str:
     """Where the run stands, from its last checkpoint: ``to train``, ``at step 4000 of 20000, best validation
     97.10% at step 3000: resumes`` (stopped by a budget, ``--until`` or a signal), or ``finished at step ...``."""
     if not (p.run_dir / LAST).exists():
