@@ -102,6 +102,11 @@ class TrainConfig:
     ways: int = setting(5, "Classes per training episode.", least=1)
     shots: int = setting(1, "Support examples per class in a training episode.", least=1)
     queries: int = setting(15, "Query examples per class in a training episode.", least=0)
+    translate: int = setting(0, "Training episodes only: move each image by up to this many pixels down or up and "
+                                "right or left (drawn per image and episode, the edge pixels repeated), the "
+                                "translation augmentation of Santoro et al. 2016 (MANN); 0: none. Validation and "
+                                "test episodes are never moved. Recorded in every result as `train_translate`.",
+                                least=0)
     seed: int = setting(0, "Seeds the weights' initialisation and the training episodes (or task batches), so a run "
                            "is repeatable; the validation and test episodes have their own seed (`eval.seed`).")
     val_every: int = setting(500, "Steps between validations, each writing the `last` checkpoint and, when "

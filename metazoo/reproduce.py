@@ -77,6 +77,8 @@ def training_key(config: Config) -> str:
         values["train"].pop(key)
     if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
         values["train"].pop("amp")
+    if values["train"]["translate"] == 0:  # nor before train.translate
+        values["train"].pop("translate")
     if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
         values["optim"].pop("alpha")
     values["data"].pop("root")

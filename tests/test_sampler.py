@@ -196,6 +196,62 @@ def test_task_rotations_are_checked_and_recorded():
     FewShotDataset(torch.zeros(2, 1, 4, 5, dtype=torch.uint8), [2], ["a"], "x", "train", task_rotations=(0, 180))
 
 
+def test_shift_images_moves_each_image_and_repeats_its_edges():
+    from metazoo.data.sampling import shift_images
+
+    images = torch.randint(0, 256, (6, 2, 7, 5), dtype=torch.uint8)
+    shifts = torch.tensor([[0, 0], [2, -1], [-3, 4], [6, 0], [-1, -4], [1, 1]])
+    out = shift_images(images, shifts)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    # reference: pad by replicating the edges, then cut the window that puts pixel (r, q) at (r + dy, q + dx)
+    padded = torch.nn.functional.pad(images.float(), (6, 6, 6, 6), mode="replicate")
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        expected = padded[i, :, 6 - dy: 6 - dy + 7, 6 - dx: 6 - dx + 5]
+        assert torch.equal(out[i].float(), expected), (dy, dx)
+    assert torch.equal(out[0], images[0]) and torch.equal(out[1, :, 2:, :4], images[1, :, :5, 1:])
+
+
+def test_translated_episodes_are_the_plain_ones_shifted_with_seeded_per_image_offsets():
+    from metazoo.data.sampling import shift_images
+
+    data = marked(task_rotations=(0, 90, 180, 270), class_sizes=(9, 8, 9, 7, 9, 8))
+    plain = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2)
+    moved = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2, translate=2)
+
+    def both(e):  # (ways, shots + queries, 1, 5, 5)
+        return torch.cat([e.support.inputs.view(4, 2, 1, 5, 5), e.query.inputs.view(4, 3, 1, 5, 5)], 1)
+
+    offsets = []
+    for i in range(30):
+        ep, ref, shifts = moved[i], plain[i], moved.shifts(i)
+        assert plain.shifts(i) is None and shifts.shape == (4, 5, 2) and shifts.abs().max() <= 2
+        # drawn last: the same classes, images and turns as without translations
+        assert torch.equal(ep.classes, ref.classes) and torch.equal(moved.turns(i), plain.turns(i))
+        expected = shift_images((both(ref) * 255).round().to(torch.uint8).flatten(0, 1), shifts.flatten(0, 1))
+        assert torch.equal((both(ep) * 255).round().to(torch.uint8).flatten(0, 1), expected)
+        offsets.append(shifts.flatten(0, 1))
+    offsets = torch.cat(offsets)  # 600 images: every offset from -2 to 2 drawn, down and right alike
+    assert set(offsets[:, 0].tolist()) == set(offsets[:, 1].tolist()) == {-2, -1, 0, 1, 2}
+    assert (offsets[:, 0] != offsets[:, 1]).any()  # per axis, not one draw for both
+    again = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2, translate=2)
+    assert torch.equal(again[7].query.inputs, moved[7].query.inputs)
+    with pytest.raises(ValueError, match="less than the images' side"):
+        EpisodeSampler(data, ways=4, shots=2, queries=3, translate=5)
+
+
+def test_train_translate_reaches_the_training_episodes_and_keeps_the_run_names_of_before():
+    from metazoo.config import from_dict
+    from metazoo.learners.base import Learner
+    from metazoo.reproduce import training_key
+
+    config = from_dict({"train": {"translate": 3, "queries": 2}})
+    assert Learner(torch.nn.Identity()).training_items(marked(), config).translate == 3
+    assert Learner(torch.nn.Identity()).training_items(marked(), from_dict({"train": {"queries": 2}})).translate == 0
+    # 0 is left out of the run's key, so the runs from before it existed keep their directories
+    assert training_key(from_dict({"train": {"translate": 0}})) == training_key(from_dict({}))
+    assert training_key(config) != training_key(from_dict({}))
+
+
 def test_protocol_carries_the_datasets_protocol_keys():
     data = toy_dataset()
     assert EpisodeSampler(data, 2, 1, 1, seed=3).protocol() == {

@@ -44,6 +44,17 @@ def from_host(drawn: torch.Tensor, device: torch.device) -> torch.Tensor:
     return drawn.to(device)
 
 
+def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``images`` (n, c, h, w), each moved down by ``shifts[i, 0]`` and right by ``shifts[i, 1]`` pixels (negative:
+    up, left), the edge rows and columns repeated into the space left: out[i, :, r, q] =
+    images[i, :, clamp(r - dy), clamp(q - dx)]. Any dtype (the uint8 cache), on the images' device."""
+    n, c, h, w = images.shape
+    rows = (torch.arange(h, device=images.device) - shifts[:, :1]).clamp_(0, h - 1)  # (n, h)
+    cols = (torch.arange(w, device=images.device) - shifts[:, 1:]).clamp_(0, w - 1)  # (n, w)
+    out = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
 class EpisodeSampler(torch.utils.data.Dataset):
     """Map-style dataset of episodes: ``sampler[i]`` is episode ``i``.
 
@@ -55,18 +66,24 @@ class EpisodeSampler(torch.utils.data.Dataset):
         seed: fixes the whole sequence of episodes.
         episodes: length reported by ``len()`` (the number of fixed episodes for evaluation);
             indexing past it is still allowed, for open-ended training.
+        translate: shift every image of an episode by up to this many pixels down or up and right or
+            left (each offset drawn uniformly, per image, per episode), the edge pixels repeated into
+            the space it leaves: the translation augmentation of Santoro et al. 2016 (for training
+            episodes; 0: images as stored).
 
     If the dataset has ``task_rotations``, each episode also draws one of those angles per class,
-    after its classes and images, and turns all that class's support and query images by it.
+    after its classes and images, and turns all that class's support and query images by it. The
+    translations are drawn after that, so an episode has the same classes, images and turns with
+    or without them.
 
     Episodes come out where the dataset's images are (a GPU after :meth:`FewShotDataset.to`); their random
     draws are always made on the CPU by ``torch.Generator``, so they do not depend on the device.
     """
 
     def __init__(self, dataset: FewShotDataset, ways: int, shots: int, queries: int,
-                 seed: int = 0, episodes: int = 1_000_000_000) -> None:
+                 seed: int = 0, episodes: int = 1_000_000_000, translate: int = 0) -> None:
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
-        self.seed, self.episodes = seed, episodes
+        self.seed, self.episodes, self.translate = seed, episodes, int(translate)
         self._check()
         sizes = dataset.class_sizes
         self._max_size = int(sizes.max())
@@ -85,6 +102,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
         if self.ways < 1 or self.shots < 1 or self.queries < 0:
             raise EpisodeSizeError(f"need ways >= 1, shots >= 1, queries >= 0; got ways={self.ways}, "
                                    f"shots={self.shots}, queries={self.queries}")
+        if not 0 <= self.translate < min(d.images.shape[-2:]):
+            raise ValueError(f"translate must be 0 or more pixels and less than the images' side "
+                             f"({tuple(d.images.shape[-2:])} in {where}); got {self.translate}")
         if self.ways > d.num_classes:
             raise EpisodeSizeError(f"{self.ways}-way episodes need {self.ways} classes, but {where} "
                                    f"has {d.num_classes}")
@@ -118,9 +138,15 @@ class EpisodeSampler(torch.utils.data.Dataset):
         classes, if the dataset has ``task_rotations``; else None."""
         return self._draw(index)[2]
 
-    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Classes, image indices and quarter turns of episode ``index``. The turns are drawn last, so
-        classes and images are those the same episode has without rotations."""
+    def shifts(self, index: int) -> torch.Tensor | None:
+        """Pixel offsets (ways, shots + queries, 2) down and right that episode ``index`` moves each image by,
+        if ``translate``; else None."""
+        return self._draw(index)[3]
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Classes, image indices, quarter turns and pixel shifts of episode ``index``. The turns are drawn
+        after the images and the shifts last, so classes and images are those the same episode has without
+        rotations or translations."""
         g = torch.Generator().manual_seed(episode_seed(self.seed, index))
         classes = self._choose_classes(g)
         keys = torch.rand(self.ways, self._max_size, generator=g)
@@ -130,7 +156,11 @@ class EpisodeSampler(torch.utils.data.Dataset):
         turns = None
         if self._turns is not None:
             turns = self._turns[torch.randint(len(self._turns), (self.ways,), generator=g)]  # (ways,)
-        return classes, picks + self.dataset.class_offsets[classes, None], turns
+        shifts = None
+        if self.translate:
+            t = self.translate
+            shifts = torch.randint(-t, t + 1, (self.ways, self.shots + self.queries, 2), generator=g)
+        return classes, picks + self.dataset.class_offsets[classes, None], turns, shifts
 
     def _choose_classes(self, g: torch.Generator) -> torch.Tensor:
         """``ways`` distinct classes, uniformly: the first distinct values of a stream of uniform
@@ -148,13 +178,16 @@ class EpisodeSampler(torch.utils.data.Dataset):
         """Episode ``index``, on the device of the dataset's images: drawn on the CPU, then gathered and
         made float where the images are (:meth:`FewShotDataset.to`), only the classes and image indices copied
         there (in one copy)."""
-        classes, idx, turns = self._draw(index)
-        both = from_host(torch.cat([classes, idx.flatten()]), self.dataset.images.device)
-        classes, idx = both[: self.ways], both[self.ways:]
+        classes, idx, turns, shifts = self._draw(index)
+        drawn = [classes, idx.flatten()] + ([shifts.flatten()] if shifts is not None else [])
+        both = from_host(torch.cat(drawn), self.dataset.images.device)
+        classes, idx = both[: self.ways], both[self.ways: self.ways + idx.numel()]
         x = self.dataset.images.index_select(0, idx)
         x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])  # (ways, shots + queries, c, h, w)
         if turns is not None:
             x = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for images, k in zip(x, turns.tolist())])
+        if shifts is not None:
+            x = shift_images(x.flatten(0, 1), both[self.ways + idx.numel():].view(-1, 2)).view_as(x)
         x = self.dataset.to_float(x.flatten(0, 1)).view_as(x)
         support = LabeledSet(x[:, : self.shots].flatten(0, 1), self._support_labels, self.ways)
         query = LabeledSet(x[:, self.shots:].flatten(0, 1), self._query_labels, self.ways)
