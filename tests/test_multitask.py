@@ -418,6 +418,9 @@ def test_task_descriptors_come_from_the_config_and_follow_the_networks_dtype(tmp
     bad = from_dict({**config.to_dict(), "multitask": {**config.to_dict()["multitask"], "descriptors": [[1.0]]}})
     with pytest.raises(ValueError, match="1 descriptors for 2 tasks"):
         objective.training_items(data, bad)
+    moved = from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "translate": 2}})
+    with pytest.raises(ValueError, match="train.translate = 2 moves the images of few-shot episodes"):
+        objective.training_items(data, moved)
 
 
 def test_the_study_keys_runs_by_their_settings():
