@@ -107,6 +107,12 @@ class TrainConfig:
                                 "translation augmentation of Santoro et al. 2016 (MANN); 0: none. Validation and "
                                 "test episodes are never moved. Recorded in every result as `train_translate`.",
                                 least=0)
+    rotate: float = setting(0.0, "Training episodes only: turn each image about its centre by an angle drawn "
+                                 "uniformly within this many degrees either way (per image and episode; each pixel "
+                                 "the nearest one it comes from, the edge pixels repeated), before its `translate`: "
+                                 "the rotation augmentation of Santoro et al. 2016 (MANN); 0: none, at most 180. "
+                                 "Validation and test episodes are never turned. Recorded in every result as "
+                                 "`train_rotate`.", least=0)
     seed: int = setting(0, "Seeds the weights' initialisation and the training episodes (or task batches), so a run "
                            "is repeatable; the validation and test episodes have their own seed (`eval.seed`).")
     val_every: int = setting(500, "Steps between validations, each writing the `last` checkpoint and, when "

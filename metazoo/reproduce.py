@@ -77,8 +77,9 @@ def training_key(config: Config) -> str:
         values["train"].pop(key)
     if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
         values["train"].pop("amp")
-    if values["train"]["translate"] == 0:  # nor before train.translate
-        values["train"].pop("translate")
+    for key in ("translate", "rotate"):  # nor before train.translate and train.rotate
+        if values["train"][key] == 0:
+            values["train"].pop(key)
     if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
         values["optim"].pop("alpha")
     values["data"].pop("root")
@@ -220,7 +221,9 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         "paper": None if cell.value is None else {"value": cell.value, "source": cell.source},
         "protocol": {**result.protocol, "train": {"split": t.split, "ways": t.ways, "shots": t.shots,
                                                   "queries": t.queries, "meta_batch_size": t.meta_batch_size,
-                                                  "steps": t.steps}},
+                                                  "steps": t.steps,
+                                                  **{key: getattr(t, key) for key in ("translate", "rotate")
+                                                     if getattr(t, key)}}},
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
         "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),

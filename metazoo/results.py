@@ -10,7 +10,8 @@ hold the project's own. The schema (accuracies in percent)::
      "paper": {"value": 98.8, "source": "Snell et al. 2017, Table 1"} | null,
      "protocol": {"dataset", "split", "ways", "shots", "queries", "episodes", "seed", "class_split", "bn",
                   "protocol", "checkpoint", "step", "train_split", "overrides", ...: the result's protocol,
-                  "train": {"split", "ways", "shots", "queries", "meta_batch_size", "steps"}},
+                  "train": {"split", "ways", "shots", "queries", "meta_batch_size", "steps",
+                            "translate", "rotate" (where not 0)}},
      "curve": [[mean, ci95], ...],       # online protocol only: by presentation, fractions as in result.json
      "steps": 4000, "planned_steps": 20000, "stopped": null | "budget",
      "train_seconds": 3660.0 | null, "test_seconds": 13.0, "device": "cpu", "amp": "off", "threads": 1,

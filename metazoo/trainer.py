@@ -353,7 +353,8 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp=",
                                                                           "train.memory_format="))]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
-             **({"train_translate": run.config.train.translate} if run.config.train.translate else {}),
+             **{f"train_{key}": getattr(run.config.train, key) for key in ("translate", "rotate")
+                if getattr(run.config.train, key)},
              **({"overrides": settings} if settings else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})
     if write and distributed.is_main():

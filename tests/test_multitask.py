@@ -421,6 +421,9 @@ def test_task_descriptors_come_from_the_config_and_follow_the_networks_dtype(tmp
     moved = from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "translate": 2}})
     with pytest.raises(ValueError, match="train.translate = 2 moves the images of few-shot episodes"):
         objective.training_items(data, moved)
+    turned = from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "rotate": 15}})
+    with pytest.raises(ValueError, match="train.rotate = 15.0 moves the images of few-shot episodes"):
+        objective.training_items(data, turned)
 
 
 def test_the_study_keys_runs_by_their_settings():

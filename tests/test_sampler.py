@@ -1,4 +1,5 @@
 import hashlib
+import math
 
 import pytest
 import torch
@@ -196,12 +197,12 @@ def test_task_rotations_are_checked_and_recorded():
     FewShotDataset(torch.zeros(2, 1, 4, 5, dtype=torch.uint8), [2], ["a"], "x", "train", task_rotations=(0, 180))
 
 
-def test_shift_images_moves_each_image_and_repeats_its_edges():
-    from metazoo.data.sampling import shift_images
+def test_move_images_shifts_each_image_and_repeats_its_edges():
+    from metazoo.data.sampling import move_images
 
     images = torch.randint(0, 256, (6, 2, 7, 5), dtype=torch.uint8)
     shifts = torch.tensor([[0, 0], [2, -1], [-3, 4], [6, 0], [-1, -4], [1, 1]])
-    out = shift_images(images, shifts)
+    out = move_images(images, shifts)
     assert out.dtype == torch.uint8 and out.shape == images.shape
     # reference: pad by replicating the edges, then cut the window that puts pixel (r, q) at (r + dy, q + dx)
     padded = torch.nn.functional.pad(images.float(), (6, 6, 6, 6), mode="replicate")
@@ -212,7 +213,7 @@ def test_shift_images_moves_each_image_and_repeats_its_edges():
 
 
 def test_translated_episodes_are_the_plain_ones_shifted_with_seeded_per_image_offsets():
-    from metazoo.data.sampling import shift_images
+    from metazoo.data.sampling import move_images
 
     data = marked(task_rotations=(0, 90, 180, 270), class_sizes=(9, 8, 9, 7, 9, 8))
     plain = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2)
@@ -227,7 +228,7 @@ def test_translated_episodes_are_the_plain_ones_shifted_with_seeded_per_image_of
         assert plain.shifts(i) is None and shifts.shape == (4, 5, 2) and shifts.abs().max() <= 2
         # drawn last: the same classes, images and turns as without translations
         assert torch.equal(ep.classes, ref.classes) and torch.equal(moved.turns(i), plain.turns(i))
-        expected = shift_images((both(ref) * 255).round().to(torch.uint8).flatten(0, 1), shifts.flatten(0, 1))
+        expected = move_images((both(ref) * 255).round().to(torch.uint8).flatten(0, 1), shifts.flatten(0, 1))
         assert torch.equal((both(ep) * 255).round().to(torch.uint8).flatten(0, 1), expected)
         offsets.append(shifts.flatten(0, 1))
     offsets = torch.cat(offsets)  # 600 images: every offset from -2 to 2 drawn, down and right alike
@@ -237,6 +238,65 @@ def test_translated_episodes_are_the_plain_ones_shifted_with_seeded_per_image_of
     assert torch.equal(again[7].query.inputs, moved[7].query.inputs)
     with pytest.raises(ValueError, match="less than the images' side"):
         EpisodeSampler(data, ways=4, shots=2, queries=3, translate=5)
+
+
+def test_move_images_turns_about_the_centre_to_the_nearest_pixel_then_shifts():
+    from metazoo.data.sampling import move_images
+
+    images = torch.randint(0, 256, (5, 2, 7, 7), dtype=torch.uint8)
+    quarter = move_images(images, angles=torch.tensor([90.0, -90.0, 180.0, 0.0, 360.0]))
+    # whole turns are exact: counterclockwise as torch.rot90 turns (rows, columns)
+    assert torch.equal(quarter[0], torch.rot90(images[0], 1, dims=(-2, -1)))
+    assert torch.equal(quarter[1], torch.rot90(images[1], -1, dims=(-2, -1)))
+    assert torch.equal(quarter[2], images[2].flip(-1).flip(-2))
+    assert torch.equal(quarter[3], images[3]) and torch.equal(quarter[4], images[4])
+    # small angles and a shift, against a per-pixel reference: turn each output pixel's place back about the
+    # centre (3, 3), take the nearest source pixel, clamped into the image; the shift applies after the turn
+    angles = torch.tensor([12.0, -25.0, 7.5, 30.0, -3.0])
+    shifts = torch.tensor([[0, 0], [1, -2], [0, 0], [-1, 1], [2, 2]])
+    out = move_images(images, shifts, angles)
+    for i in range(5):
+        a = math.radians(float(angles[i]))
+        for r in range(7):
+            for q in range(7):
+                dr, dq = r - int(shifts[i, 0]) - 3, q - int(shifts[i, 1]) - 3
+                sr = min(max(round(3 + math.cos(a) * dr + math.sin(a) * dq), 0), 6)
+                sq = min(max(round(3 - math.sin(a) * dr + math.cos(a) * dq), 0), 6)
+                assert torch.equal(out[i, :, r, q], images[i, :, sr, sq]), (i, r, q)
+    # a point off the centre goes counterclockwise: the pixel right of the centre goes up, by 90 degrees
+    dot = torch.zeros(1, 1, 7, 7, dtype=torch.uint8)
+    dot[0, 0, 3, 5] = 1
+    assert move_images(dot, angles=torch.tensor([90.0]))[0, 0, 1, 3] == 1
+    assert move_images(dot, angles=torch.tensor([10.0]))[0, 0, 3, 5] == 1  # a small turn keeps it near
+
+
+def test_rotated_episodes_are_the_translated_ones_turned_with_seeded_per_image_angles():
+    from metazoo.data.sampling import move_images
+
+    data = marked(task_rotations=(0, 90, 180, 270), class_sizes=(9, 8, 9, 7, 9, 8))
+    plain = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2)
+    moved = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2, translate=1)
+    turned = EpisodeSampler(data, ways=4, shots=2, queries=3, seed=2, translate=1, rotate=20)
+
+    def both(e):  # (ways * (shots + queries), 1, 5, 5) uint8
+        x = torch.cat([e.support.inputs.view(4, 2, 1, 5, 5), e.query.inputs.view(4, 3, 1, 5, 5)], 1)
+        return (x * 255).round().to(torch.uint8).flatten(0, 1)
+
+    angles = []
+    for i in range(30):
+        ep, ref, a = turned[i], plain[i], turned.angles(i)
+        assert moved.angles(i) is None and a.shape == (4, 5) and a.abs().max() <= 20
+        # drawn last: the same classes, turns and shifts as without the angles
+        assert torch.equal(ep.classes, ref.classes) and torch.equal(turned.turns(i), plain.turns(i))
+        assert torch.equal(turned.shifts(i), moved.shifts(i))
+        expected = move_images(both(ref), turned.shifts(i).flatten(0, 1), a.flatten())
+        assert torch.equal(both(ep), expected)
+        angles.append(a.flatten())
+    angles = torch.cat(angles)  # 600 angles, uniform within +-20 degrees
+    assert angles.min() < -18 and angles.max() > 18 and abs(float(angles.mean())) < 2
+    assert len(set(angles.tolist())) == 600
+    with pytest.raises(ValueError, match="from 0 to 180"):
+        EpisodeSampler(data, ways=4, shots=2, queries=3, rotate=200)
 
 
 def test_train_translate_reaches_the_training_episodes_and_keeps_the_run_names_of_before():
@@ -250,6 +310,10 @@ def test_train_translate_reaches_the_training_episodes_and_keeps_the_run_names_o
     # 0 is left out of the run's key, so the runs from before it existed keep their directories
     assert training_key(from_dict({"train": {"translate": 0}})) == training_key(from_dict({}))
     assert training_key(config) != training_key(from_dict({}))
+    turned = from_dict({"train": {"rotate": 10, "queries": 2}})
+    assert Learner(torch.nn.Identity()).training_items(marked(), turned).rotate == 10
+    assert training_key(from_dict({"train": {"rotate": 0}})) == training_key(from_dict({}))
+    assert training_key(turned) != training_key(from_dict({}))
 
 
 def test_protocol_carries_the_datasets_protocol_keys():

@@ -44,15 +44,28 @@ def from_host(drawn: torch.Tensor, device: torch.device) -> torch.Tensor:
     return drawn.to(device)
 
 
-def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """``images`` (n, c, h, w), each moved down by ``shifts[i, 0]`` and right by ``shifts[i, 1]`` pixels (negative:
-    up, left), the edge rows and columns repeated into the space left: out[i, :, r, q] =
-    images[i, :, clamp(r - dy), clamp(q - dx)]. Any dtype (the uint8 cache), on the images' device."""
+def move_images(images: torch.Tensor, shifts: torch.Tensor | None = None,
+                angles: torch.Tensor | None = None) -> torch.Tensor:
+    """``images`` (n, c, h, w), each turned by ``angles[i]`` degrees counterclockwise about its centre, then moved
+    down by ``shifts[i, 0]`` and right by ``shifts[i, 1]`` pixels (negative: up, left). Each pixel takes the
+    nearest pixel it comes from, clamped to the image, so the edge pixels are repeated into the space left: with
+    (cy, cx) = ((h - 1) / 2, (w - 1) / 2), dr = r - dy - cy and dq = q - dx - cx, out[i, :, r, q] =
+    images[i, :, clamp(round(cy + cos(a) dr + sin(a) dq)), clamp(round(cx - sin(a) dr + cos(a) dq))]; without
+    angles, images[i, :, clamp(r - dy), clamp(q - dx)] exactly. Any dtype (the uint8 cache), on the images'
+    device; either argument may be None (no move)."""
     n, c, h, w = images.shape
-    rows = (torch.arange(h, device=images.device) - shifts[:, :1]).clamp_(0, h - 1)  # (n, h)
-    cols = (torch.arange(w, device=images.device) - shifts[:, 1:]).clamp_(0, w - 1)  # (n, w)
-    out = images.gather(2, rows[:, None, :, None].expand(n, c, h, w))
-    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    rows = torch.arange(h, device=images.device)[None, :, None].expand(n, h, w)
+    cols = torch.arange(w, device=images.device)[None, None, :].expand(n, h, w)
+    if shifts is not None:
+        rows, cols = rows - shifts[:, :1, None], cols - shifts[:, 1:, None]
+    if angles is not None:
+        turn = angles.to(torch.float32).deg2rad()[:, None, None]
+        cos, sin, cy, cx = turn.cos(), turn.sin(), (h - 1) / 2, (w - 1) / 2
+        dr, dq = rows - cy, cols - cx
+        rows = (cy + cos * dr + sin * dq).round().long()
+        cols = (cx - sin * dr + cos * dq).round().long()
+    where = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)  # (n, h, w) flat source pixel
+    return images.flatten(2).gather(2, where.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
 class EpisodeSampler(torch.utils.data.Dataset):
@@ -70,20 +83,23 @@ class EpisodeSampler(torch.utils.data.Dataset):
             left (each offset drawn uniformly, per image, per episode), the edge pixels repeated into
             the space it leaves: the translation augmentation of Santoro et al. 2016 (for training
             episodes; 0: images as stored).
+        rotate: turn every image of an episode about its centre by an angle drawn uniformly within
+            +- this many degrees (per image, per episode; nearest pixel, edges repeated), before its
+            translation: Santoro et al.'s rotation augmentation (0: none).
 
     If the dataset has ``task_rotations``, each episode also draws one of those angles per class,
     after its classes and images, and turns all that class's support and query images by it. The
-    translations are drawn after that, so an episode has the same classes, images and turns with
-    or without them.
+    translations are drawn after that and the small angles last, so an episode has the same classes,
+    images and turns with or without them (and the same translations with or without the angles).
 
     Episodes come out where the dataset's images are (a GPU after :meth:`FewShotDataset.to`); their random
     draws are always made on the CPU by ``torch.Generator``, so they do not depend on the device.
     """
 
     def __init__(self, dataset: FewShotDataset, ways: int, shots: int, queries: int,
-                 seed: int = 0, episodes: int = 1_000_000_000, translate: int = 0) -> None:
+                 seed: int = 0, episodes: int = 1_000_000_000, translate: int = 0, rotate: float = 0.0) -> None:
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
-        self.seed, self.episodes, self.translate = seed, episodes, int(translate)
+        self.seed, self.episodes, self.translate, self.rotate = seed, episodes, int(translate), float(rotate)
         self._check()
         sizes = dataset.class_sizes
         self._max_size = int(sizes.max())
@@ -105,6 +121,9 @@ class EpisodeSampler(torch.utils.data.Dataset):
         if not 0 <= self.translate < min(d.images.shape[-2:]):
             raise ValueError(f"translate must be 0 or more pixels and less than the images' side "
                              f"({tuple(d.images.shape[-2:])} in {where}); got {self.translate}")
+        if not 0 <= self.rotate <= 180:
+            raise ValueError(f"rotate is the largest angle in degrees an image is turned by, from 0 to 180; got "
+                             f"{self.rotate}")
         if self.ways > d.num_classes:
             raise EpisodeSizeError(f"{self.ways}-way episodes need {self.ways} classes, but {where} "
                                    f"has {d.num_classes}")
@@ -143,10 +162,15 @@ class EpisodeSampler(torch.utils.data.Dataset):
         if ``translate``; else None."""
         return self._draw(index)[3]
 
-    def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Classes, image indices, quarter turns and pixel shifts of episode ``index``. The turns are drawn
-        after the images and the shifts last, so classes and images are those the same episode has without
-        rotations or translations."""
+    def angles(self, index: int) -> torch.Tensor | None:
+        """Angles (ways, shots + queries) in degrees counterclockwise that episode ``index`` turns each image by,
+        if ``rotate``; else None."""
+        return self._draw(index)[4]
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, ...]:
+        """Classes, image indices, quarter turns, pixel shifts and small angles of episode ``index`` (the last
+        three None where not asked for). The turns are drawn after the images, then the shifts, the angles last,
+        so classes and images are those the same episode has without rotations or translations."""
         g = torch.Generator().manual_seed(episode_seed(self.seed, index))
         classes = self._choose_classes(g)
         keys = torch.rand(self.ways, self._max_size, generator=g)
@@ -160,7 +184,10 @@ class EpisodeSampler(torch.utils.data.Dataset):
         if self.translate:
             t = self.translate
             shifts = torch.randint(-t, t + 1, (self.ways, self.shots + self.queries, 2), generator=g)
-        return classes, picks + self.dataset.class_offsets[classes, None], turns, shifts
+        angles = None
+        if self.rotate:
+            angles = (2 * torch.rand(self.ways, self.shots + self.queries, generator=g) - 1) * self.rotate
+        return classes, picks + self.dataset.class_offsets[classes, None], turns, shifts, angles
 
     def _choose_classes(self, g: torch.Generator) -> torch.Tensor:
         """``ways`` distinct classes, uniformly: the first distinct values of a stream of uniform
@@ -177,8 +204,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Episode:
         """Episode ``index``, on the device of the dataset's images: drawn on the CPU, then gathered and
         made float where the images are (:meth:`FewShotDataset.to`), only the classes and image indices copied
-        there (in one copy)."""
-        classes, idx, turns, shifts = self._draw(index)
+        there (in one copy, and the small angles of ``rotate`` in a second)."""
+        classes, idx, turns, shifts, angles = self._draw(index)
         drawn = [classes, idx.flatten()] + ([shifts.flatten()] if shifts is not None else [])
         both = from_host(torch.cat(drawn), self.dataset.images.device)
         classes, idx = both[: self.ways], both[self.ways: self.ways + idx.numel()]
@@ -186,8 +213,10 @@ class EpisodeSampler(torch.utils.data.Dataset):
         x = x.view(self.ways, self.shots + self.queries, *x.shape[1:])  # (ways, shots + queries, c, h, w)
         if turns is not None:
             x = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for images, k in zip(x, turns.tolist())])
-        if shifts is not None:
-            x = shift_images(x.flatten(0, 1), both[self.ways + idx.numel():].view(-1, 2)).view_as(x)
+        if shifts is not None or angles is not None:
+            shifts = None if shifts is None else both[self.ways + idx.numel():].view(-1, 2)
+            angles = None if angles is None else from_host(angles.flatten(), x.device)
+            x = move_images(x.flatten(0, 1), shifts, angles).view_as(x)
         x = self.dataset.to_float(x.flatten(0, 1)).view_as(x)
         support = LabeledSet(x[:, : self.shots].flatten(0, 1), self._support_labels, self.ways)
         query = LabeledSet(x[:, self.shots:].flatten(0, 1), self._query_labels, self.ways)

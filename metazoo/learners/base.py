@@ -43,13 +43,13 @@ class Learner(Objective):
 
     def training_items(self, train_set, config) -> EpisodeSampler:
         """Seeded ``train.ways``-way episodes of the training split, ``train.steps`` meta-batches' worth, their
-        images moved by up to ``train.translate`` pixels."""
+        images turned by up to ``train.rotate`` degrees and moved by up to ``train.translate`` pixels."""
         t = config.train
         if config.multitask.tasks:
             raise ValueError(f"[multitask] tasks is set, but learner {config.learner.get('name')!r} trains on "
                              "episodes: multi-task training is [learner] name = \"multitask\"")
         return EpisodeSampler(train_set, t.ways, t.shots, t.queries, seed=t.seed, episodes=t.steps * t.meta_batch_size,
-                              translate=t.translate)
+                              translate=t.translate, rotate=t.rotate)
 
     def as_learner(self) -> "Learner":
         return self

@@ -89,9 +89,10 @@ class MultiTaskObjective(Objective):
         """``train.meta_batch_size`` distinct tasks per step, ``[multitask] items_per_task`` images each,
         from the training part of every task's images; the task set's descriptors go into the network."""
         t, m = config.train, config.multitask
-        if t.translate:
-            raise ValueError(f"train.translate = {t.translate} moves the images of few-shot episodes; multi-task "
-                             "training draws task batches, which it does not apply to: set it to 0")
+        for key in ("translate", "rotate"):
+            if getattr(t, key):
+                raise ValueError(f"train.{key} = {getattr(t, key)} moves the images of few-shot episodes; multi-task "
+                                 "training draws task batches, which it does not apply to: set it to 0")
         taskset = taskset_from_config(config, train_set)
         self.use_descriptors(taskset.descriptors)
         return TaskBatchSampler(taskset.holdout("train"), t.meta_batch_size, m.items_per_task, seed=t.seed,
