@@ -238,6 +238,43 @@ def test_mann_erases_one_least_used_slot_even_with_several_heads():
     assert new["memory"][0].sum(1).tolist() == [3.0, 0.0, 3.0, 3.0]  # only slot 1 (usage 0.1) is zeroed
 
 
+def test_mann_sequence_equals_the_step_by_step_lstm_cell_reference_with_its_gradients():
+    """``sequence`` takes the inputs' part of the controller and the output layer in one product over all steps
+    and joins the per-step weights once; a step-by-step reference through ``nn.LSTMCell`` and the keys, gates
+    and output layers (the paper's order, as the class describes) gives the same logits and gradients."""
+    torch.manual_seed(3)
+    backbone = torch.nn.Flatten()
+    backbone.feature_size = 6
+    learner = MANN(backbone, ways=3, hidden=10, slots=5, slot_size=4, heads=2, gamma=0.9).double()
+    inputs = torch.randn(3, 7, learner.input_size, dtype=torch.float64)
+
+    def reference():
+        state, logits = learner.initial_state(3, inputs), []
+        for t in range(7):
+            h, c = learner.controller(torch.cat([inputs[:, t], state["reads"]], -1), (state["h"], state["c"]))
+            keys = learner.keys(h).view(3, 2, 4)
+            write = write_weights(state["read_weights"], state["least_used"], learner.gates(h))
+            memory = state["memory"] * (1 - least_used(state["usage"], 1))[..., None] + write.transpose(1, 2) @ keys
+            read_weights = cosine_weights(keys, memory)
+            reads = (read_weights @ memory).flatten(1)
+            usage = usage_update(state["usage"], read_weights, write, 0.9)
+            state = {"h": h, "c": c, "memory": memory, "reads": reads, "read_weights": read_weights,
+                     "usage": usage, "least_used": least_used(usage, 2)}
+            logits.append(learner.out(torch.cat([h, reads], -1)))
+        return torch.stack(logits, 1)
+
+    weights = torch.randn(3, 7, 3, dtype=torch.float64)
+    expected = reference()
+    grads = torch.autograd.grad((expected * weights).sum(), list(learner.parameters()))
+    got = learner.sequence(inputs)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), list(learner.parameters())), grads):
+        torch.testing.assert_close(a, b)
+    # a step from the state after a prefix is the sequence's next output
+    state = learner.prefix_state(inputs[:, :6])
+    torch.testing.assert_close(learner.step(inputs[:, 6], state)[0], expected[:, 6])
+
+
 def test_mann_memory_starts_empty_for_every_sequence():
     learner = build("mann").eval()
     inputs = torch.randn(1, 5, learner.input_size)

@@ -75,34 +75,64 @@ class MANN(SequenceLearner):
                 "read_weights": zeros(batch, self.heads, self.slots), "usage": zeros(batch, self.slots),
                 "least_used": least}
 
-    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One time step: x (B, features + ways) -> logits (B, ways), next state."""
-        batch = len(x)
-        h, c = self.controller(torch.cat([x, state["reads"]], -1), (state["h"], state["c"]))
-        keys = self.keys(h).view(batch, self.heads, self.slot_size)
-        write = write_weights(state["read_weights"], state["least_used"], self.gates(h))
+    def input_gates(self, x: torch.Tensor) -> torch.Tensor:
+        """The controller's gate pre-activations (..., 4 hidden) from ``x`` (..., features + ways), both biases
+        included: the part of the LSTM that does not depend on the state, so a sequence's steps take it in one
+        matrix product."""
+        c = self.controller
+        return F.linear(x, c.weight_ih[:, :self.input_size], c.bias_ih + c.bias_hh)
+
+    def step_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights each step multiplies by, joined once per sequence so that a step makes one matrix product
+        for each: the controller's on ``[r_{t-1}, h_{t-1}]`` (reads + hidden, 4 hidden), and the keys' and write
+        gates' on ``h_t`` (hidden, heads * (slot_size + 1)) with their bias."""
+        c = self.controller
+        recurrent = torch.cat([c.weight_ih[:, self.input_size:], c.weight_hh], 1).t()
+        heads = torch.cat([self.keys.weight, self.gates.weight]).t()
+        return recurrent, heads, torch.cat([self.keys.bias, self.gates.bias])
+
+    def advance(self, gates: torch.Tensor, state: dict[str, torch.Tensor],
+                weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One time step from the input's gates (B, 4 hidden; :meth:`input_gates`) and :meth:`step_weights`: the
+        controller's LSTM step (``nn.LSTMCell``'s, gates in its order i, f, g, o), then the memory's, as the
+        class describes."""
+        batch, (recurrent, heads, heads_bias) = len(gates), weights
+        gates = torch.addmm(gates, torch.cat([state["reads"], state["h"]], -1), recurrent)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * state["c"] + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        keys, alpha = torch.addmm(heads_bias, h, heads).split([self.heads * self.slot_size, self.heads], 1)
+        keys = keys.reshape(batch, self.heads, self.slot_size)
+        write = write_weights(state["read_weights"], state["least_used"], alpha)
         erase = least_used(state["usage"], 1)  # the paper zeroes the one least-used slot of w^u_{t-1}
         memory = state["memory"] * (1 - erase)[..., None]
         memory = memory + write.transpose(1, 2) @ keys
         read_weights = cosine_weights(keys, memory)
         reads = (read_weights @ memory).flatten(1)
         usage = usage_update(state["usage"], read_weights, write, self.gamma)
-        state = {"h": h, "c": c, "memory": memory, "reads": reads, "read_weights": read_weights, "usage": usage,
-                 "least_used": least_used(usage, self.heads)}
-        return self.out(torch.cat([h, reads], -1)), state
+        return {"h": h, "c": c, "memory": memory, "reads": reads, "read_weights": read_weights, "usage": usage,
+                "least_used": least_used(usage, self.heads)}
+
+    def step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One time step: x (B, features + ways) -> logits (B, ways), next state."""
+        state = self.advance(self.input_gates(x), state, self.step_weights())
+        return self.out(torch.cat([state["h"], state["reads"]], -1)), state
 
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
-        state, outputs = self.initial_state(len(inputs), inputs), []
-        for t in range(inputs.shape[1]):
-            logits, state = self.step(inputs[:, t], state)
-            outputs.append(logits)
-        return torch.stack(outputs, 1)
+        """Logits (B, T, ways) of ``inputs`` (B, T, features + ways): the inputs' gates and the output layer
+        each in one matrix product over all the steps, the recurrence step by step."""
+        state, weights = self.initial_state(len(inputs), inputs), self.step_weights()
+        outputs = []
+        for gates in self.input_gates(inputs).unbind(1):  # (unbind: one backward for all the steps' slices)
+            state = self.advance(gates, state, weights)
+            outputs.append(torch.cat([state["h"], state["reads"]], -1))
+        return self.out(torch.stack(outputs, 1))
 
     def prefix_state(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """The state (controller, memory, reads, usage; batch B) after each of ``context`` (B, T, features + ways)."""
-        state = self.initial_state(len(context), context)
-        for t in range(context.shape[1]):
-            state = self.step(context[:, t], state)[1]
+        state, weights = self.initial_state(len(context), context), self.step_weights()
+        for gates in self.input_gates(context).unbind(1):
+            state = self.advance(gates, state, weights)
         return state
 
     def continue_from(self, state: dict[str, torch.Tensor], steps: torch.Tensor) -> torch.Tensor:
