@@ -356,6 +356,37 @@ def test_meta_batch_in_one_sequence_batch_equals_one_episode_at_a_time(name, onl
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("online", [False, True])
+@pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
+def test_embed_step_embeds_the_steps_images_as_one_batch_and_is_the_same_model_per_image(name, online):
+    """learner.embed = "step": while training, one backbone call per step on every episode's support images
+    then its queries, in episode order (so BatchNorm normalises over the step); with per-image features
+    (BatchNorm on its running statistics) the loss and gradients are those of "sets", whose backbone calls
+    are each episode's support set (in the episode's order) and its query set (online: all its items)."""
+    episodes = [episode(shots=2, queries=2, index=i) for i in range(3)]
+    runs = {}
+    for embed in ("sets", "step"):
+        torch.manual_seed(0)
+        learner = build(name, online=online, embed=embed, **TINY[name]).train()
+        learner.backbone.eval()  # per-image features, so the two ways of batching give the same numbers
+        calls = []
+        hook = learner.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0]))
+        loss, stats = learner.meta_loss(episodes)
+        loss.backward()
+        hook.remove()
+        runs[embed] = loss.detach(), stats["accuracy"], [p.grad.clone() for p in learner.parameters()], calls
+    (loss, acc, grads, calls), (sets_loss, sets_acc, sets_grads, sets_calls) = runs["step"], runs["sets"]
+    everything = torch.cat([x for e in episodes for x in (e.support.inputs, e.query.inputs)])
+    assert len(calls) == 1 and torch.equal(calls[0], everything)
+    assert len(sets_calls) == (3 if online else 6) and all(len(x) in (6, 12) for x in sets_calls)
+    torch.testing.assert_close(loss, sets_loss)
+    assert float(acc) == float(sets_acc)
+    for a, b in zip(grads, sets_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="learner.embed = 'batch' .* valid: sets, step"):
+        build(name, embed="batch", **TINY[name])
+
+
 @pytest.mark.parametrize("name", SEQUENCE_LEARNERS)
 def test_each_query_continues_its_own_episodes_prefix(name):
     """continue_from on a batch of prefixes: episode b's queries read prefix b, whatever the other

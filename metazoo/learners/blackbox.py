@@ -45,12 +45,22 @@ class SequenceLearner(Learner):
             sequence with a loss at every step; an episodic query is the step after the support
             set, paired with the last support label. Off: each support item is paired with its
             own label and the query with a null label.
+        embed: which images the backbone embeds as one batch while training, which is what its
+            BatchNorm normalises over: ``"sets"`` (each episode's support set, then its query set,
+            as :meth:`scored_logits` and every test embed them) or ``"step"`` (all the images of
+            the step's episodes at once, as the public SNAIL reimplementations do). Evaluation
+            always embeds by sets; the running statistics it uses come from these batches.
     """
 
+    embed_modes = ("sets", "step")
+
     def __init__(self, backbone: nn.Module, ways: int = 5, order_seed: int = 0, online: bool = False,
-                 bn: str = "running") -> None:
+                 bn: str = "running", embed: str = "sets") -> None:
         super().__init__(backbone, bn)
-        self.ways, self.order_seed, self.online = ways, order_seed, online
+        if embed not in self.embed_modes:
+            raise ValueError(f"learner.embed = {embed!r} is not a way to embed a training step's images; valid: "
+                             f"{', '.join(self.embed_modes)}")
+        self.ways, self.order_seed, self.online, self.embed = ways, order_seed, online, embed
         self.input_size = backbone.feature_size + ways
 
     def sequence(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -88,23 +98,27 @@ class SequenceLearner(Learner):
             raise ValueError(f"{type(self).__name__} was built for {self.ways}-way episodes (learner.ways); "
                              f"this episode is {items.ways}-way")
 
-    def labelled(self, items: LabeledSet, order: torch.Tensor, offset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def labelled(self, items: LabeledSet, order: torch.Tensor, offset: bool,
+                 features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Items in ``order`` as sequence steps (n, features + ways), and the label input of the step
         after them (ways,): each item with its own label and then a null one, or (``offset``) each
-        with the label of the item before it (a null one first) and then the last label."""
+        with the label of the item before it (a null one first) and then the last label. ``features``:
+        the items' embeddings in their own order, if already computed (else the backbone embeds them here,
+        as one batch)."""
         self._check(items)
-        features = self.backbone(items.inputs[order])
+        features = self.backbone(items.inputs[order]) if features is None else features[order]
         labels = F.one_hot(items.labels[order], self.ways).to(features.dtype)
         null = labels.new_zeros(1, self.ways)
         if not offset:
             return torch.cat([features, labels], -1), null[0]
         return torch.cat([features, torch.cat([null, labels[:-1]])], -1), labels[-1]
 
-    def context(self, support: LabeledSet,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def context(self, support: LabeledSet, generator: torch.Generator | None = None,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The support part of the sequence view, in a random order (:meth:`support_order`), and the
-        queries' label input."""
-        return self.labelled(support, self.support_order(len(support), support.inputs.device, generator), self.online)
+        queries' label input (``features``: as :meth:`labelled` takes them)."""
+        order = self.support_order(len(support), support.inputs.device, generator)
+        return self.labelled(support, order, self.online, features)
 
     def adapt(self, support: LabeledSet) -> Classifier:
         """The classifier of ``support`` in the fixed order of ``order_seed`` (no episode, no seed of its own)."""
@@ -118,9 +132,11 @@ class SequenceLearner(Learner):
         """The episode's own support order while training; None (the fixed order) in eval mode."""
         return self.episode_generator(episode) if self.training else None
 
-    def query_steps(self, inputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Query images as sequence steps (n, features + ways), each joined to the queries' label input."""
-        features = self.backbone(inputs)
+    def query_steps(self, inputs: torch.Tensor, label: torch.Tensor,
+                    features: torch.Tensor | None = None) -> torch.Tensor:
+        """Query images as sequence steps (n, features + ways), each joined to the queries' label input
+        (``features``: their embeddings, if already computed)."""
+        features = self.backbone(inputs) if features is None else features
         return torch.cat([features, label.expand(len(features), -1)], -1)
 
     def classifier(self, support: LabeledSet, generator: torch.Generator | None = None) -> Classifier:
@@ -141,11 +157,11 @@ class SequenceLearner(Learner):
         steps, labels = self.online_steps(items, generator)
         return self.sequence(steps[None])[0], labels
 
-    def online_steps(self, items: LabeledSet,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def online_steps(self, items: LabeledSet, generator: torch.Generator | None = None,
+                     features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The sequence :meth:`online_logits` reads, (n, features + ways), and its labels (n,)."""
         order = self.support_order(len(items), items.inputs.device, generator)
-        return self.labelled(items, order, offset=True)[0], items.labels[order]
+        return self.labelled(items, order, True, features)[0], items.labels[order]
 
     def online_generator(self, episode: Episode) -> torch.Generator:
         """An episode's online order: its own while training, seeded by its index in eval mode (as the
@@ -163,22 +179,30 @@ class SequenceLearner(Learner):
     def meta_loss(self, episodes: Sequence[Episode]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The meta-batch's episodes run through the sequence model as one batch: the loss, metrics and
         gradients of :meth:`Learner.meta_loss` (one episode at a time, the mean of their losses), to float
-        rounding (tested). Each episode's images are embedded as :meth:`scored_logits` embeds them (its
-        support set, then its queries, each a batch of its own, so BatchNorm sees the same batches).
+        rounding (tested). With ``embed = "sets"`` each episode's images are embedded as
+        :meth:`scored_logits` embeds them (its support set, then its queries, each a batch of its own, so
+        BatchNorm sees the same batches); with ``"step"`` all the episodes' images are one batch.
         Online, the episodes' sequences are one (B, T) batch; episodic, the B support prefixes run as one
         batch (:meth:`prefix_state`) and every query continues from its own episode's
-        (:meth:`continue_from`). Episodes of different sizes go one at a time."""
-        if len(episodes) < 2 or len({(len(e.support), len(e.query)) for e in episodes}) > 1:
+        (:meth:`continue_from`). Episodes of different sizes go one at a time (by sets)."""
+        if len({(len(e.support), len(e.query)) for e in episodes}) > 1 or \
+                (len(episodes) < 2 and self.embed == "sets"):
             return super().meta_loss(episodes)
+        features = [None] * len(episodes)
+        if self.embed == "step":  # each episode's support images, then its queries, in episode order
+            inputs = torch.cat([x for e in episodes for x in (e.support.inputs, e.query.inputs)])
+            features = self.backbone(inputs).split(len(episodes[0].support) + len(episodes[0].query))
         if self.online:
-            steps, labels = zip(*(self.online_steps(all_items(e), self.online_generator(e)) for e in episodes))
+            steps, labels = zip(*(self.online_steps(all_items(e), self.online_generator(e), f)
+                                  for e, f in zip(episodes, features)))
             logits = self.sequence(torch.stack(steps))  # (B, T, ways), every step scored
         else:
             contexts, queries, labels = [], [], []
-            for e in episodes:
-                context, label = self.context(e.support, self.support_generator(e))
+            for e, f in zip(episodes, features):
+                n = len(e.support)
+                context, label = self.context(e.support, self.support_generator(e), None if f is None else f[:n])
                 contexts.append(context)
-                queries.append(self.query_steps(e.query.inputs, label))
+                queries.append(self.query_steps(e.query.inputs, label, None if f is None else f[n:]))
                 labels.append(e.query.labels)
             logits = self.continue_from(self.prefix_state(torch.stack(contexts)), torch.stack(queries))  # (B, k, ways)
         loss = torch.stack([self.loss(lg, lb) for lg, lb in zip(logits, labels)]).mean()
@@ -209,8 +233,8 @@ class RecurrentLearner(SequenceLearner):
     amp_modes = ("off",)
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 256, layers: int = 1,
-                 order_seed: int = 0, online: bool = False, bn: str = "running") -> None:
-        super().__init__(backbone, ways, order_seed, online, bn)
+                 order_seed: int = 0, online: bool = False, bn: str = "running", embed: str = "sets") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn, embed)
         self.lstm = nn.LSTM(self.input_size, hidden, layers, batch_first=True)
         self.out = nn.Linear(hidden, ways)
 

@@ -59,8 +59,8 @@ class MANN(SequenceLearner):
 
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
                  slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
-                 online: bool = False, bn: str = "running") -> None:
-        super().__init__(backbone, ways, order_seed, online, bn)
+                 online: bool = False, bn: str = "running", embed: str = "sets") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn, embed)
         self.hidden, self.slots, self.slot_size, self.heads, self.gamma = hidden, slots, slot_size, heads, gamma
         self.controller = nn.LSTMCell(self.input_size + heads * slot_size, hidden)
         self.keys = nn.Linear(hidden, heads * slot_size)

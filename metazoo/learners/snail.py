@@ -134,8 +134,8 @@ class SNAIL(SequenceLearner):
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, length: int = 26, order_seed: int = 0,
-                 filters: int = 128, online: bool = False, bn: str = "running") -> None:
-        super().__init__(backbone, ways, order_seed, online, bn)
+                 filters: int = 128, online: bool = False, bn: str = "running", embed: str = "sets") -> None:
+        super().__init__(backbone, ways, order_seed, online, bn, embed)
         channels, layers = self.input_size, []
         for block in ("attention", 64, 32), ("tc",), ("attention", 256, 128), ("tc",), ("attention", 512, 256):
             layer = AttentionBlock(channels, *block[1:]) if block[0] == "attention" else TCBlock(channels, length,
