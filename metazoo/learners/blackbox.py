@@ -48,7 +48,7 @@ class SequenceLearner(Learner):
         embed: which images the backbone embeds as one batch while training, which is what its
             BatchNorm normalises over: ``"sets"`` (each episode's support set, then its query set,
             as :meth:`scored_logits` and every test embed them) or ``"step"`` (all the images of
-            the step's episodes at once, as the public SNAIL reimplementations do). Evaluation
+            the step's episodes at once, as a public SNAIL reimplementation does). Evaluation
             always embeds by sets; the running statistics it uses come from these batches.
     """
 
