@@ -85,6 +85,10 @@ class DataConfig:
                                 "`character_split`), checked against it when the config is loaded.")
 
 
+# the [train] settings that move training images (0: off); results and records carry the ones set
+TRAIN_AUGMENTATIONS = ("translate", "rotate")
+
+
 @dataclass
 class TrainConfig:
     """Meta-training: the training episodes (or task batches), the budget, validation and where it runs."""

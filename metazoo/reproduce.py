@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import Config, dump_toml, experiments_roots, load_config
+from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
 from .results import read_records
@@ -77,7 +77,7 @@ def training_key(config: Config) -> str:
         values["train"].pop(key)
     if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
         values["train"].pop("amp")
-    for key in ("translate", "rotate"):  # nor before train.translate and train.rotate
+    for key in TRAIN_AUGMENTATIONS:  # nor before train.translate and train.rotate
         if values["train"][key] == 0:
             values["train"].pop(key)
     if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
@@ -222,7 +222,7 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         "protocol": {**result.protocol, "train": {"split": t.split, "ways": t.ways, "shots": t.shots,
                                                   "queries": t.queries, "meta_batch_size": t.meta_batch_size,
                                                   "steps": t.steps,
-                                                  **{key: getattr(t, key) for key in ("translate", "rotate")
+                                                  **{key: getattr(t, key) for key in TRAIN_AUGMENTATIONS
                                                      if getattr(t, key)}}},
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,

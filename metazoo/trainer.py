@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .build import (build_dataset, build_objective, build_optimizer, place_objective, resolve_config,
                     resolve_device)
-from .config import Config, dump_toml
+from .config import TRAIN_AUGMENTATIONS, Config, dump_toml
 from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RankLostError, RunExistsError, RunLockedError  # noqa: F401
 from .evaluate import EvalResult, evaluate, write_result
@@ -353,7 +353,7 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp=",
                                                                           "train.memory_format="))]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
-             **{f"train_{key}": getattr(run.config.train, key) for key in ("translate", "rotate")
+             **{f"train_{key}": getattr(run.config.train, key) for key in TRAIN_AUGMENTATIONS
                 if getattr(run.config.train, key)},
              **({"overrides": settings} if settings else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})

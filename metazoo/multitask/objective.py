@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TRAIN_AUGMENTATIONS
 from ..learners.transfer import FineTuned
 from ..objective import Objective
 from ..registry import WEIGHTINGS, accepted_kwargs
@@ -89,7 +90,7 @@ class MultiTaskObjective(Objective):
         """``train.meta_batch_size`` distinct tasks per step, ``[multitask] items_per_task`` images each,
         from the training part of every task's images; the task set's descriptors go into the network."""
         t, m = config.train, config.multitask
-        for key in ("translate", "rotate"):
+        for key in TRAIN_AUGMENTATIONS:
             if getattr(t, key):
                 raise ValueError(f"train.{key} = {getattr(t, key)} moves the images of few-shot episodes; multi-task "
                                  "training draws task batches, which it does not apply to: set it to 0")
