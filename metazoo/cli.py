@@ -87,9 +87,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides += [f"train.device={args.device}"] if args.device is not None else []
     zoo = args.run_dir.startswith(ZOO_PREFIX)
     result = test_run(args.run_dir, args.checkpoint or "best", args.data_root, not args.quiet,
-                      [*overrides, *args.set], write=not zoo)
-    where = "a model-zoo entry: nothing written" if zoo else \
-        f"wrote {Path(args.run_dir) / 'result.json'} (and appended to results.jsonl)"
+                      [*overrides, *args.set], write=not zoo, out=args.out)
+    if args.out is None and zoo:
+        where = "a model-zoo entry: nothing written (--out DIR keeps the result)"
+    else:
+        where = f"wrote {Path(args.out or args.run_dir) / 'result.json'} (and appended to results.jsonl)"
     say(f"{result.report()}\n{where}")
     return 0
 
@@ -213,6 +215,9 @@ def add_eval(sub, plugin: argparse.ArgumentParser) -> None:
                         "--set learner.lr=0.001 (a fine-tuned head's learning rate); recorded in the result")
     s.add_argument("--data-root", help="data root (else the one the run recorded)")
     s.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, mps (else the run's train.device)")
+    s.add_argument("-o", "--out", metavar="DIR",
+                   help="write result.json (and append results.jsonl) in DIR instead of the run, naming the run "
+                        "or zoo entry in the result: how a model-zoo entry's re-test is kept")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 

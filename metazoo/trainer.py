@@ -339,12 +339,14 @@ def validate(run: Training, metrics: "MetricsLog", bar=None) -> EvalResult:
 
 
 def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Path | None = None,
-             progress: bool = False, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> EvalResult:
+             progress: bool = False, overrides: list[str] | tuple[str, ...] = (), write: bool = True,
+             out: str | Path | None = None) -> EvalResult:
     """Reload a run (:func:`~metazoo.run.load_run`), evaluate it on the test items of its ``[eval]``
     protocol, and (``write``) record the result in the run (``result.json``, ``results.jsonl``), with
     the checkpoint, its step, the training split and any ``overrides`` (test-time settings; where and in what
-    arithmetic it ran are the result's ``device`` and ``amp``, not overrides). Under torchrun the processes
-    share the test episodes and rank 0 writes."""
+    arithmetic it ran are the result's ``device`` and ``amp``, not overrides). ``out``: write it in that folder
+    instead (made if missing), naming the evaluated run or ``zoo:`` entry as ``protocol["run"]``: the one way a
+    model-zoo entry's re-test is kept. Under torchrun the processes share the test episodes and rank 0 writes."""
     run = load_run(run_dir, checkpoint, overrides, data_root)
     rule = PROTOCOLS.create(run.config.eval.protocol)
     items = rule.items(run.config, "test", data_root)
@@ -355,8 +357,10 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
              **{f"train_{key}": getattr(run.config.train, key) for key in TRAIN_AUGMENTATIONS
                 if getattr(run.config.train, key)},
-             **({"overrides": settings} if settings else {})}
+             **({"overrides": settings} if settings else {}), **({"run": str(run_dir)} if out is not None else {})}
     result = EvalResult(**{**result.to_dict(), "protocol": {**result.protocol, **extra}})
-    if write and distributed.is_main():
-        write_result(result, run.dir)
+    if (write or out is not None) and distributed.is_main():
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        write_result(result, run.dir if out is None else Path(out))
     return result

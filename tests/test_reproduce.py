@@ -197,6 +197,15 @@ def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root,
     check = json.loads((entry / CHECK).read_text())
     again = evaluate_run("zoo:omniglot/protonet_5w1s", overrides=check["overrides"], write=False)
     assert (f"{100 * again.mean:.2f}", f"{100 * again.ci95:.2f}") == (f"{check['mean']:.2f}", f"{check['ci95']:.2f}")
+    from metazoo.cli import main
+
+    before = sorted(p.name for p in entry.iterdir())
+    main(["eval", "zoo:omniglot/protonet_5w1s", "--out", "kept", "-q", *(f"--set={o}" for o in check["overrides"])])
+    kept = json.loads((tmp_path / "kept" / "result.json").read_text())
+    assert (kept["mean"], kept["ci95"]) == (again.mean, again.ci95)
+    assert kept["protocol"]["run"] == "zoo:omniglot/protonet_5w1s" and "run" not in again.protocol
+    assert len((tmp_path / "kept" / "results.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in entry.iterdir()) == before  # the entry itself is never written
     with pytest.raises(FileNotFoundError, match="no model-zoo entry 'zoo:omniglot/nothing'; the zoo holds: .*"
                                                 "zoo:omniglot/protonet_5w1s"):
         load_run("zoo:omniglot/nothing")
