@@ -211,7 +211,16 @@ def test_per_task_rotations_hold_each_character_once_and_turn_it_per_episode(dat
         for k in range(5):
             assert torch.equal((x[k] * 255).round().to(torch.uint8), torch.rot90(stored[k], int(turns[k]), (2, 3)))
     assert Omniglot("val", root=data_root, rotations=[0]).info["protocol"]["rotations"] == "none"
-    with pytest.raises(ValueError, match="valid: classes, per_task"):
+    shared = Omniglot("test", root=data_root, rotations="per_episode")  # Relation Networks' code
+    assert shared.class_names == test.class_names and torch.equal(shared.images, test.images)
+    episodes = EpisodeSampler(shared, 5, 1, 15, seed=3)
+    assert episodes.protocol()["rotations"] == "per episode"
+    for i in (0, 1, 2):
+        ep, (_, idx), turns = episodes[i], episodes.indices(i), episodes.turns(i)
+        assert len(set(turns.tolist())) == 1 and torch.equal(idx, sampler.indices(i)[1])
+        x = (ep.support.inputs.view(5, 1, 28, 28) * 255).round().to(torch.uint8)
+        assert torch.equal(x, torch.rot90(test.images[idx[:, 0]], int(turns[0]), (2, 3)).view(5, 1, 28, 28))
+    with pytest.raises(ValueError, match="valid: classes, per_task, per_episode"):
         Omniglot("test", root=data_root, rotations="maml")
     with pytest.raises(ValueError, match="distinct angles"):
         Omniglot("test", root=data_root, rotations=[0, 45])

@@ -130,14 +130,14 @@ def test_episodes_are_those_of_the_code_before_per_task_rotations():
     assert [digest(sampler[i]) for i in (0, 7)] == ["e4cd8c5b326eb1c0", "b00e9bf85e32aba5"]
 
 
-def marked(task_rotations=(0, 90, 180, 270), class_sizes=(6, 8, 5, 7, 9, 6)) -> FewShotDataset:
+def marked(task_rotations=(0, 90, 180, 270), class_sizes=(6, 8, 5, 7, 9, 6), scope="class") -> FewShotDataset:
     """Black 5x5 images with one pixel, top left, that encodes (class, item) as 10 * class + item + 1,
     so an image's content says which image it is and its marker's corner how it was turned."""
     codes = torch.tensor([10 * c + i + 1 for c, n in enumerate(class_sizes) for i in range(n)], dtype=torch.uint8)
     images = torch.zeros(len(codes), 1, 5, 5, dtype=torch.uint8)
     images[:, 0, 0, 0] = codes
     return FewShotDataset(images, class_sizes, [f"class{c}" for c in range(len(class_sizes))], name="marked",
-                          split="train", task_rotations=task_rotations)
+                          split="train", task_rotations=task_rotations, rotation_scope=scope)
 
 
 # where the top-left marker lands -> quarter turns counterclockwise (one turn takes it bottom left)
@@ -167,6 +167,26 @@ def test_per_task_rotation_turns_each_class_of_an_episode_as_one():
         assert turns_and_codes(ep.query.inputs)[1] == turns_and_codes(plain[i].query.inputs)[1]
         assert plain.turns(i) is None and set(turns_and_codes(plain[i].support.inputs)[0]) == {0}
     assert seen == {0, 1, 2, 3}
+
+
+def test_per_episode_rotation_turns_every_image_of_an_episode_by_one_angle():
+    sampler = EpisodeSampler(marked(scope="episode"), ways=4, shots=2, queries=3, seed=1)
+    plain = EpisodeSampler(marked(task_rotations=()), ways=4, shots=2, queries=3, seed=1)
+    seen = []
+    for i in range(40):
+        ep, turns = sampler[i], sampler.turns(i).tolist()
+        assert len(turns) == 4 and len(set(turns)) == 1
+        for part in (ep.support, ep.query):
+            k, codes = turns_and_codes(part.inputs)
+            assert set(k) == {turns[0]} and [c // 10 for c in codes] == ep.classes[part.labels].tolist()
+        assert torch.equal(ep.classes, plain[i].classes)  # drawn last: the episode's classes and images unchanged
+        assert turns_and_codes(ep.support.inputs)[1] == turns_and_codes(plain[i].support.inputs)[1]
+        seen.append(turns[0])
+    assert set(seen) == {0, 1, 2, 3}
+    assert marked(scope="episode").info["protocol"] == {"rotations": "per episode"}
+    assert marked((0, 180), scope="episode").info["protocol"] == {"rotations": "per episode (0, 180)"}
+    with pytest.raises(ValueError, match="unknown rotation_scope 'task'; valid: class, episode"):
+        marked(scope="task")
 
 
 def test_per_task_rotation_is_seeded():

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 
 RIGHT_ANGLES = (0, 90, 180, 270)
+# FewShotDataset's rotation_scope: what one angle drawn for an episode turns, and how results record it
+ROTATION_SCOPES = {"class": "per task", "episode": "per episode"}
 
 
 class FewShotDataset:
@@ -29,6 +31,9 @@ class FewShotDataset:
         task_rotations: angles (multiples of 90 degrees) from which the sampler draws one per class
             of each episode, turning all that class's support and query images by it (MAML's
             Omniglot protocol); empty: images as stored. Recorded as ``info["protocol"]["rotations"]``.
+        rotation_scope: what one drawn angle turns: ``"class"`` (each class of an episode its own angle,
+            as above) or ``"episode"`` (one angle for all the episode's images: Relation Networks'
+            Omniglot code). Recorded as ``per task`` or ``per episode``.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class FewShotDataset:
         std: Sequence[float] | None = None,
         info: dict | None = None,
         task_rotations: Sequence[int] = (),
+        rotation_scope: str = "class",
     ) -> None:
         sizes = torch.as_tensor(class_sizes, dtype=torch.long)
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -62,10 +68,13 @@ class FewShotDataset:
         self._identity = bool((self.mean == 0).all() and (self.std == 1).all())
         self.info = dict(info or {})
         self.task_rotations = tuple(int(a) for a in task_rotations)
+        if rotation_scope not in ROTATION_SCOPES:
+            raise ValueError(f"unknown rotation_scope {rotation_scope!r}; valid: {', '.join(ROTATION_SCOPES)}")
+        self.rotation_scope = rotation_scope
         if self.task_rotations:
             check_angles(self.task_rotations, images.shape[-2:])
-            self.info["protocol"] = {**self.info.get("protocol", {}),
-                                     "rotations": describe_rotations("per task", self.task_rotations)}
+            self.info["protocol"] = {**self.info.get("protocol", {}), "rotations": describe_rotations(
+                ROTATION_SCOPES[rotation_scope], self.task_rotations)}
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +117,7 @@ class FewShotDataset:
 
 def describe_rotations(kind: str, angles: Sequence[int]) -> str:
     """How images are rotated, for results rows: ``"none"`` (only 0 degrees), else ``kind`` (``"classes"``,
-    ``"per task"``), followed by the angles unless they are all four right angles."""
+    ``"per task"``, ``"per episode"``), followed by the angles unless they are all four right angles."""
     angles = tuple(angles)
     if angles == (0,):
         return "none"

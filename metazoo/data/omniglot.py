@@ -1,5 +1,5 @@
 """Omniglot (Lake et al. 2015) with the Vinyals et al. (2016) character split, MAML's random one, or
-Lake et al.'s background / evaluation one; rotations as classes, or one drawn per class per task.
+Lake et al.'s background / evaluation one; rotations as classes, or drawn per class or per episode of each task.
 
 Read from the two official archives, their extracted folders, or torchvision's ``omniglot-py``
 layout under the data root. The decoded images are cached as one uint8 tensor keyed by the
@@ -22,7 +22,7 @@ BACKGROUND, EVALUATION = "images_background", "images_evaluation"
 EXPECTED_CHARACTERS = {BACKGROUND: 964, EVALUATION: 659}
 DRAWINGS = 20
 ROTATIONS = RIGHT_ANGLES
-ROTATION_MODES = ("classes", "per_task")
+ROTATION_MODES = ("classes", "per_task", "per_episode")
 URLS = {
     BACKGROUND: ("https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_background.zip",
                  "68d2efa1b9178cc56df9314c21c6e718"),
@@ -221,16 +221,17 @@ CHARACTER_SPLITS = {
 }
 
 
-def _rotation_angles(rotations: str | Sequence[int]) -> tuple[tuple[int, ...], bool]:
-    """(angles, per task?) of Omniglot's ``rotations`` argument."""
+def _rotation_angles(rotations: str | Sequence[int]) -> tuple[tuple[int, ...], str | None]:
+    """(angles, the sampler's rotation scope: None where rotations make classes) of Omniglot's ``rotations``
+    argument."""
     if isinstance(rotations, str):
         if rotations not in ROTATION_MODES:
             raise ValueError(f"unknown Omniglot rotations {rotations!r}; valid: {', '.join(ROTATION_MODES)} "
                              "or a list of angles among 0, 90, 180, 270")
-        return ROTATIONS, rotations == "per_task"
+        return ROTATIONS, {"per_task": "class", "per_episode": "episode"}.get(rotations)
     angles = tuple(int(a) for a in rotations)
     check_angles(angles)
-    return angles, False
+    return angles, None
 
 
 class Omniglot(FewShotDataset):
@@ -246,7 +247,8 @@ class Omniglot(FewShotDataset):
         rotations: ``"classes"`` (each character at 0, 90, 180 and 270 degrees is a class of its own:
             most papers), ``"per_task"`` (each character is one class, stored unrotated, and
             :class:`~metazoo.data.EpisodeSampler` turns each class of an episode by an angle drawn
-            for that episode: MAML's code), or a list of angles that make classes of their own
+            for that episode: MAML's code), ``"per_episode"`` (the same, one angle for all the classes of
+            an episode: Relation Networks' code), or a list of angles that make classes of their own
             (``[0]``: no rotations).
         download: fetch the official archives (md5-checked) into ``<root>/omniglot`` if missing.
         cache: folder for the decoded tensor cache.
@@ -259,7 +261,7 @@ class Omniglot(FewShotDataset):
         split_seed: seed of the random character split (ignored by the others).
 
     ``info["split"]`` names the character split (``vinyals``, ``random (seed s)``, ``background``),
-    ``info["protocol"]["rotations"]`` how rotations were used (``classes``, ``per task``, ...).
+    ``info["protocol"]["rotations"]`` how rotations were used (``classes``, ``per task``, ``per episode``, ...).
     """
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, image_size: int = 28,
@@ -269,27 +271,28 @@ class Omniglot(FewShotDataset):
         if character_split not in CHARACTER_SPLITS:
             raise ValueError(f"unknown Omniglot character_split {character_split!r}; "
                              f"valid: {', '.join(CHARACTER_SPLITS)}")
-        angles, per_task = _rotation_angles(rotations)
+        angles, scope = _rotation_angles(rotations)
+        sampled = scope is not None  # the sampler turns the images, each character one class
         base = data_root(root)
         if download:
             fetch(base)
         names, chars = load_characters(base, image_size, cache)
         characters = CHARACTER_SPLITS[character_split](split, names, split_seed)
-        class_angles = (0,) if per_task else angles
+        class_angles = (0,) if sampled else angles
         index = {n: i for i, n in enumerate(names)}
         blocks = [torch.rot90(chars[index[c]], r // 90, dims=(1, 2)) for c in characters for r in class_angles]
         images = torch.stack(blocks).view(-1, 1, image_size, image_size) if blocks else \
             torch.empty(0, 1, image_size, image_size, dtype=torch.uint8)
-        classes = list(characters) if per_task else [f"{c}/rot{r:03d}" for c in characters for r in angles]
+        classes = list(characters) if sampled else [f"{c}/rot{r:03d}" for c in characters for r in angles]
         protocol = {"image_size": image_size}
-        if not per_task:  # per task, FewShotDataset records the rotations it leaves to the sampler
+        if not sampled:  # else FewShotDataset records the rotations it leaves to the sampler
             protocol["rotations"] = describe_rotations("classes", angles)
         super().__init__(
             images, [DRAWINGS] * len(classes), classes, name="omniglot", split=split,
             info={"root": str(base), "split": f"random (seed {split_seed})" if character_split == "random"
                   else character_split, "characters": len(characters), "rotations": list(angles),
                   "image_size": image_size, "protocol": protocol},
-            task_rotations=angles if per_task else (),
+            task_rotations=angles if sampled else (), rotation_scope=scope or "class",
         )
 
 

@@ -88,7 +88,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
             translation: Santoro et al.'s rotation augmentation (0: none).
 
     If the dataset has ``task_rotations``, each episode also draws one of those angles per class,
-    after its classes and images, and turns all that class's support and query images by it. The
+    after its classes and images, and turns all that class's support and query images by it (with the
+    dataset's ``rotation_scope = "episode"``, one angle for all its classes). The
     translations are drawn after that and the small angles last, so an episode has the same classes,
     images and turns with or without them (and the same translations with or without the angles).
 
@@ -108,6 +109,7 @@ class EpisodeSampler(torch.utils.data.Dataset):
             torch.arange(self._max_size)[None, :] >= sizes[:, None]  # (classes, max_size)
         turns = [a // 90 for a in dataset.task_rotations]
         self._turns = torch.tensor(turns) if turns else None  # quarter turns an episode draws from
+        self._turn_draws = 1 if dataset.rotation_scope == "episode" else ways  # angles it draws
         labels = torch.arange(ways, device=dataset.images.device)[:, None]
         self._support_labels = labels.expand(ways, shots).flatten()  # (ways * shots,) class-major
         self._query_labels = labels.expand(ways, queries).flatten()  # (ways * queries,)
@@ -154,7 +156,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
 
     def turns(self, index: int) -> torch.Tensor | None:
         """Quarter turns (ways,) counterclockwise that episode ``index`` gives the images of each of its
-        classes, if the dataset has ``task_rotations``; else None."""
+        classes (all one where the dataset's ``rotation_scope`` is ``"episode"``), if the dataset has
+        ``task_rotations``; else None."""
         return self._draw(index)[2]
 
     def shifts(self, index: int) -> torch.Tensor | None:
@@ -179,7 +182,8 @@ class EpisodeSampler(torch.utils.data.Dataset):
         picks = keys.argsort(dim=1)[:, : self.shots + self.queries]  # (ways, shots + queries)
         turns = None
         if self._turns is not None:
-            turns = self._turns[torch.randint(len(self._turns), (self.ways,), generator=g)]  # (ways,)
+            drawn = torch.randint(len(self._turns), (self._turn_draws,), generator=g)
+            turns = self._turns[drawn].expand(self.ways)  # (ways,)
         shifts = None
         if self.translate:
             t = self.translate
