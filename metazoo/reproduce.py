@@ -82,6 +82,8 @@ def training_key(config: Config) -> str:
             values["train"].pop(key)
     if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
         values["optim"].pop("alpha")
+    if values["learner"].get("embed") == "sets":  # nor a sequence learner's before learner.embed existed
+        values["learner"].pop("embed")
     values["data"].pop("root")
     values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
