@@ -162,6 +162,12 @@ class OptimConfig:
                                     "`linear` (down to 0 at `train.steps`, Reptile's).", Names(("schedules",)))
     step_size: int = setting(0, "`step` schedule: steps between learning-rate decays (0: a constant rate).", least=0)
     gamma: float = setting(0.5, "`step` schedule: the factor applied to the learning rate every `step_size` steps.")
+    clip_norm: float = setting(0.0, "Before each step, scale the gradient down to this L2 norm where it is longer (0: "
+                                    "no clipping).", least=0)
+    clip_scope: Literal["all", "module"] = setting(
+        "all", "What `clip_norm` bounds: the norm of `all` the gradients as one vector, or that of each top-level "
+               "`module` of the learner (its backbone, its head, ...) on its own, as Relation Networks' code clips "
+               "its embedding and relation modules.")
 
 
 @dataclass

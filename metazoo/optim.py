@@ -27,6 +27,20 @@ def rmsprop(params: Iterable[torch.nn.Parameter], optim: Any) -> torch.optim.Opt
                                weight_decay=optim.weight_decay)
 
 
+def clip_gradients(module: torch.nn.Module, optim: Any) -> None:
+    """Scale ``module``'s gradients down to norm ``optim.clip_norm`` where they are longer (``clip_norm = 0``:
+    untouched): all of them as one vector (``clip_scope = "all"``), or each top-level child module's, and the
+    module's own parameters', as a vector of its own (``"module"``). No host synchronisation."""
+    if optim.clip_norm <= 0:
+        return
+    groups = [list(module.parameters())] if optim.clip_scope == "all" else \
+        [list(child.parameters()) for child in module.children()] + [list(module.parameters(recurse=False))]
+    for params in groups:
+        grads = [p for p in params if p.grad is not None]
+        if grads:
+            torch.nn.utils.clip_grad_norm_(grads, optim.clip_norm)
+
+
 def step_schedule(optimizer: torch.optim.Optimizer, optim: Any, steps: int):
     """The learning rate times ``gamma`` every ``step_size`` steps; constant with ``step_size = 0``."""
     decays = optim.step_size > 0

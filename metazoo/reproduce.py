@@ -82,6 +82,8 @@ def training_key(config: Config) -> str:
             values["train"].pop(key)
     if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
         values["optim"].pop("alpha")
+    if values["optim"]["clip_norm"] == 0:  # nor before gradient clipping existed
+        values["optim"].pop("clip_norm"), values["optim"].pop("clip_scope")
     if values["learner"].get("embed") == "sets":  # nor a sequence learner's before learner.embed existed
         values["learner"].pop("embed")
     values["data"].pop("root")

@@ -25,6 +25,7 @@ from .data.storage import atomic_save
 from .errors import Interrupted, NonFiniteLossError, RankLostError, RunExistsError, RunLockedError  # noqa: F401
 from .evaluate import EvalResult, evaluate, write_result
 from .objective import Objective, autocast
+from .optim import clip_gradients
 from .learners import objective_factory
 from .registry import PROTOCOLS, load_plugins
 from .run import (BEST, CONFIG, LAST, METRICS, MetricsLog, RunLock, check_resumable, load_checkpoint, load_run,
@@ -309,6 +310,7 @@ def train_step(run: Training, batch: list) -> dict:
     run.watch(stats["loss"])
     if run.check_every_step:
         run.check_losses()
+    clip_gradients(run.objective, run.config.optim)
     run.optimizer.step()
     run.scheduler.step()
     return stats

@@ -137,3 +137,61 @@ def test_rmsprop_takes_the_step_computed_by_hand():
     torch.testing.assert_close(weights.detach(), expected)
     # the default is left out of the key (tests/test_reproduce.py: every record's run keeps its name); others count
     assert training_key(from_dict({"optim": {"alpha": 0.95}})) != training_key(from_dict({}))
+
+
+def test_gradient_clipping_scales_all_gradients_or_each_module_to_the_norm_by_hand():
+    """optim.clip_norm: the gradient scaled to that L2 norm where longer; clip_scope "module" bounds each top-level
+    module's on its own (Relation Networks' code clips its two networks so). Against the norms computed by hand."""
+    from metazoo.optim import clip_gradients
+    from metazoo.reproduce import training_key
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    grads = [torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0]]), torch.tensor([0.0, 12.0]),
+             torch.tensor([[0.1, 0.0]]), torch.tensor([0.0])]
+
+    def clipped(**optim):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        clip_gradients(model, from_dict({"optim": optim}).optim)
+        return [p.grad for p in model.parameters()]
+
+    for got, g in zip(clipped(), grads):
+        assert torch.equal(got, g)  # clip_norm = 0: untouched
+    total = (25 + 144 + 0.01) ** 0.5
+    for got, g in zip(clipped(clip_norm=1.0), grads):
+        torch.testing.assert_close(got, g / total, rtol=1e-5, atol=1e-7)  # one vector of norm 1
+    first, second = clipped(clip_norm=1.0, clip_scope="module")[:2], clipped(clip_norm=1.0, clip_scope="module")[2:]
+    for got, g in zip(first, grads[:2]):
+        torch.testing.assert_close(got, g / 13.0, rtol=1e-5, atol=1e-7)  # the first module: norm 13 -> 1
+    for got, g in zip(second, grads[2:]):
+        assert torch.equal(got, g)  # the second: norm 0.1, under the bound
+    assert training_key(from_dict({})) == training_key(from_dict({"optim": {"clip_scope": "module"}}))  # 0: off
+    assert training_key(from_dict({"optim": {"clip_norm": 0.5}})) != training_key(from_dict({}))
+
+
+def test_a_clipped_training_step_equals_sgd_on_the_gradient_clipped_by_hand(tmp_path, data_root):
+    from metazoo.trainer import prepare
+
+    config = tiny_config(data_root, steps=1, val_every=1)  # SGD: unlike Adam's first step, moved by the scale
+    config.optim.name, config.optim.lr, config.optim.momentum = "sgd", 0.5, 0.0
+    config.optim.clip_norm, config.optim.clip_scope = 0.01, "module"
+    meta_train(config, tmp_path / "run", progress=False, test=False)
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["learner"]
+    reference = prepare(config, tmp_path / "again", data_root, test=False)  # the same seeded start and items
+    start = {k: v.clone() for k, v in reference.objective.state_dict().items()}
+    reference.objective.train()
+    reference.objective.meta_backward([reference.items[0]])
+    norm = torch.cat([p.grad.flatten() for p in reference.objective.parameters()]).norm()  # ProtoNet: one module
+    assert norm > 0.01  # the bound binds
+    with torch.no_grad():
+        for p in reference.objective.parameters():
+            p -= 0.5 * p.grad * 0.01 / (norm + 1e-6)
+    for name, value in reference.objective.state_dict().items():
+        torch.testing.assert_close(value, trained[name], rtol=1e-5, atol=1e-6, msg=name)
+    unclipped = tmp_path / "plain"
+    config.optim.clip_norm = 0.0
+    meta_train(config, unclipped, progress=False, test=False)
+    plain = torch.load(unclipped / "last.pt", weights_only=False)["learner"]
+    moved = [float((plain[k] - start[k]).norm() / (trained[k] - start[k]).norm()) for k in trained
+             if k.endswith("weight")]
+    assert min(moved) > 5  # unclipped, the same step moves every weight much further
