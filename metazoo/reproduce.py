@@ -12,7 +12,9 @@ gives each run a wall-clock budget (``train.max_minutes``): a run stopped by it 
 recorded as a budget stop, and continued by a later call with a larger budget. ``--until TIME`` stops
 training at a wall-clock time (a session's or a job's end): each run's budget is cut to what it has
 trained plus the minutes left, so it stops with a checkpoint and is tested, and no run starts after
-that time; a later call continues. Loading the data and the tests come on top: leave a margin.
+that time; a later call continues. Loading the data and the tests come on top: leave a margin. A run of
+more ``train.steps`` (``--set train.steps=N``) starts from a copy of the same configuration's shorter run in
+the folder, where there is one (:func:`shorter_run`).
 ``--zoo DIR`` copies each run's tested weights with its config and records into a model-zoo entry.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -37,7 +40,7 @@ from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, l
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
 from .results import read_records
-from .run import BEST, CONFIG, LAST, load_checkpoint, read_config
+from .run import BEST, CONFIG, LAST, RunLock, load_checkpoint, read_config
 from .trainer import meta_train, test_run
 
 LOG = logging.getLogger("metazoo")
@@ -135,11 +138,46 @@ def describe(plans: list[Plan], budget: float | None) -> str:
     return "\n".join(lines)
 
 
+def shorter_run(p: Plan) -> Path | None:
+    """A run beside ``p``'s, not yet begun, that trained the same configuration for fewer ``train.steps`` (its name
+    the key of ``p``'s config with its steps), the longest; None where there is none or where the learning-rate
+    schedule depends on the step budget (``linear``). Its steps are those a run of more steps takes first (the
+    items, the schedule and the resumed state are functions of the step), so continuing a copy of it is the
+    longer run: how a budget is raised after a run finished."""
+    if (p.run_dir / LAST).exists() or p.config.optim.schedule == "linear":
+        return None
+    prefix, found = p.name.rsplit("-", 1)[0] + "-", []
+    for folder in p.run_dir.parent.glob(prefix + "*"):
+        if folder == p.run_dir or not (folder / LAST).exists() or not (folder / CONFIG).exists():
+            continue
+        steps = read_config(folder).train.steps
+        shorter = copy.deepcopy(p.config)
+        shorter.train.steps = steps
+        if steps < p.config.train.steps and training_key(shorter) == folder.name[len(prefix):]:
+            found.append((steps, folder.name, folder))
+    return max(found)[2] if found else None
+
+
+def continue_shorter(p: Plan) -> None:
+    """Start ``p``'s run from a copy of its :func:`shorter_run` (its checkpoints, config and metrics, not its
+    tests), taken while no process trains in it; nothing where there is none."""
+    source = shorter_run(p)
+    if source is None:
+        return
+    with RunLock(source):
+        shutil.copytree(source, p.run_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".lock", "result.json", "results.jsonl"))
+    LOG.info(f"{p.name}: continues a copy of {source} (step {load_checkpoint(p.run_dir / LAST)['step']}), "
+             f"the same configuration trained for fewer steps, to {p.config.train.steps} steps")
+
+
 def standing(p: Plan) -> str:
     """Where the run stands, from its last checkpoint: ``to train``, ``at step 4000 of 20000, best validation
     97.10% at step 3000: resumes`` (stopped by a budget, ``--until`` or a signal), or ``finished at step ...``."""
     if not (p.run_dir / LAST).exists():
-        return "to train"
+        source = shorter_run(p)
+        return "to train" if source is None else \
+            f"to train from a copy of {source} (step {load_checkpoint(source / LAST)['step']})"
     state = load_checkpoint(p.run_dir / LAST)
     step, best = state["step"], state.get("best", {})
     validated = best.get("accuracy", -1) >= 0
@@ -169,6 +207,7 @@ def reproduce(cells: list, out: str | Path, budget: float | None = None, device:
         if until is not None and time.time() >= until:
             LOG.info(f"{p.name}: not started, the --until time has passed (a later call continues it)")
             continue
+        continue_shorter(p)
         written += run_plan(p, out, budget, data_root, progress, until)
         if zoo is not None:
             to_zoo(p, Path(zoo), out, data_root)

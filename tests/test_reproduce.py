@@ -18,7 +18,8 @@ import torch
 
 from metazoo.published import cells
 from metazoo.config import load_config
-from metazoo.reproduce import CHECK, RECORDS, describe, plan, reproduce, run_budget, to_zoo, training_key
+from metazoo.reproduce import (CHECK, RECORDS, describe, plan, reproduce, run_budget, shorter_run, to_zoo,
+                               training_key)
 from metazoo.run import load_run
 from metazoo.trainer import test_run as evaluate_run
 
@@ -290,3 +291,30 @@ def test_a_changed_config_is_caught_by_the_record_commands_check(monkeypatch):
     monkeypatch.setattr(module, "load_config", lambda path, overrides=(): load(path, [*overrides, "train.steps=7"]))
     with pytest.raises(AssertionError):
         test_every_committed_reproduce_command_still_trains_the_run_its_record_came_from()
+
+
+def test_more_steps_continue_a_copy_of_the_shorter_run_and_equal_a_straight_run(tmp_path, data_root):
+    """--set train.steps=N after a run finished: the longer run starts from a copy of the shorter one (not its
+    tests), ends with the weights of a run trained to N straight away, and leaves the shorter run as it was."""
+    chosen = tiny_cells(tmp_path)[:1]
+    out = tmp_path / "out"
+    reproduce(chosen, out, data_root=str(data_root), progress=False)  # 4 steps
+    short = plan(chosen, out)[0].run_dir
+    stamp = (short / "last.pt").stat().st_mtime_ns
+    longer = plan(chosen, out, ["train.steps=6"])[0]
+    assert longer.run_dir != short and describe([longer], None).count(f"to train from a copy of {short} (step 4)")
+    records = reproduce(chosen, out, data_root=str(data_root), progress=False, overrides=["train.steps=6"])
+    assert [r["steps"] for r in records] == [6] and (short / "last.pt").stat().st_mtime_ns == stamp
+    rows = (longer.run_dir / "metrics.jsonl").read_text().splitlines()
+    before = (short / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) > len(before) and rows[:len(before)] == before  # the copied history, its times and all
+    assert [json.loads(r)["step"] for r in rows if json.loads(r)["split"] == "val"] == [2, 4, 6]
+    straight = tmp_path / "straight"
+    reproduce(chosen, straight, data_root=str(data_root), progress=False, overrides=["train.steps=6"])
+    a = torch.load(longer.run_dir / "last.pt", weights_only=False)
+    b = torch.load(plan(chosen, straight, ["train.steps=6"])[0].run_dir / "last.pt", weights_only=False)
+    for name, value in a["learner"].items():
+        torch.testing.assert_close(value, b["learner"][name], rtol=1e-5, atol=1e-6, msg=name)
+    # a schedule that depends on the budget (linear, to 0 at train.steps) is never continued so
+    linear = plan(chosen, out, ["train.steps=8", "optim.schedule=linear"])[0]
+    assert shorter_run(linear) is None
