@@ -72,23 +72,22 @@ def experiments_dir() -> Path:
     return roots[0]
 
 
+# Settings added after runs existed, with the value every earlier run had: at that value a setting (and the ones
+# that only matter with it) stays out of the key, so the earlier runs' directories keep their names.
+SINCE = (("train", "amp", "off", ()), *(("train", key, 0, ()) for key in TRAIN_AUGMENTATIONS),
+         ("optim", "alpha", 0.99, ()), ("optim", "clip_norm", 0, ("clip_scope",)), ("learner", "embed", "sets", ()))
+
+
 def training_key(config: Config) -> str:
     """What identifies a trained model: every setting but the test's, the budget, and where and how it runs."""
     values = copy.deepcopy(config.to_dict())
     values.pop("eval")
     for key in ("device", "memory_format", "max_minutes", "num_workers", "tensorboard", "log_every", "pin_cores"):
         values["train"].pop(key)
-    if values["train"]["amp"] == "off":  # every run before train.amp existed: their directories keep their names
-        values["train"].pop("amp")
-    for key in TRAIN_AUGMENTATIONS:  # nor before train.translate and train.rotate
-        if values["train"][key] == 0:
-            values["train"].pop(key)
-    if values["optim"]["alpha"] == 0.99:  # nor before optim.alpha (RMSProp's) existed
-        values["optim"].pop("alpha")
-    if values["optim"]["clip_norm"] == 0:  # nor before gradient clipping existed
-        values["optim"].pop("clip_norm"), values["optim"].pop("clip_scope")
-    if values["learner"].get("embed") == "sets":  # nor a sequence learner's before learner.embed existed
-        values["learner"].pop("embed")
+    for section, key, before, dependent in SINCE:
+        if values[section].get(key, before) == before:
+            for name in (key, *dependent):
+                values[section].pop(name, None)
     values["data"].pop("root")
     values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
