@@ -171,13 +171,18 @@ def test_replace_drops_the_bases_keys_of_the_tables_it_names(tmp_path):
 
 
 def test_the_mann_online_config_is_the_paper_input_and_the_pinned_old_one_is_conv4():
-    """The cell moved to raw pixels; its old Conv-4 runs are what the records' amended commands pin."""
+    """The cell moved to raw pixels, then to the paper's optimiser and our measured budget; its old Conv-4 runs
+    (Adam 1e-3, 20000 steps) are what the records' amended commands pin."""
     from metazoo.reproduce import training_key
 
     config = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml")
     assert config.backbone == {"name": "pixels"} and config.data.options == {"image_size": 20}
+    optim = config.optim
+    assert (optim.name, optim.lr, optim.alpha, optim.momentum) == ("rmsprop", 1e-4, 0.95, 0.9)
+    assert config.train.steps == 60000
     old = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml",
-                      ['backbone={name="conv4",width=64}', "data.options={}", "train.val_every=500"])
+                      ['backbone={name="conv4",width=64}', "data.options={}", "train.val_every=500", "optim.name=adam",
+                       "optim.lr=0.001", "optim.alpha=0.99", "train.steps=20000"])
     assert old.backbone == {"name": "conv4", "width": 64} and old.data.options == {}
     assert training_key(old) == "03dad32e"  # runs/slot2_mann/omniglot/mann_5w1s-03dad32e, the Conv-4 record's run
 

@@ -182,14 +182,14 @@ def test_a_grid_lays_out_the_papers_cells_with_each_latest_record():
     assert text.split("\n\n") == [
         "| Omniglot | 5w1s | 5w5s | 20w1s | 20w5s | online |\n|---|---|---|---|---|---|\n"
         "| protonet | 98.61 +- 0.19 / 98.8: met (20000 steps) | not run / 99.7 | not run / 96.0 | not run / 98.9 |  |\n"
-        "| mann |  |  |  |  | 30.33 +- 0.28 (1000 of 20000 steps); 2nd 31.5 / 82.8, 3rd 28.8 / 91.0 |",
+        "| mann |  |  |  |  | 30.33 +- 0.28 (1000 of 60000 steps); 2nd 31.5 / 82.8, 3rd 28.8 / 91.0 |",
         "| mini-ImageNet | 5w1s | 5w5s |\n|---|---|---|\n"
         "| protonet | not run / 49.42 | 68.50 +- 0.70 / 68.2: met (20000 steps) |",
         "3 of 7 cells run; 2 of the 6 with a paper number at it (ours + CI reaches the paper's mean); 1 trained for "
         "fewer steps than their config's budget. Each cell: ours +- CI / paper: verdict (its steps, of the config's "
         "where fewer), from its latest record."]
     short = [dict(r, curve=r["curve"][:1]) if r.get("curve") else r for r in read_records(SAMPLE)]
-    assert "| mann | 30.33 +- 0.28 (1000 of 20000 steps); 1st 45.1 / 36.4 |" in render_template(
+    assert "| mann | 30.33 +- 0.28 (1000 of 60000 steps); 1st 45.1 / 36.4 |" in render_template(
         "<!-- report: mann grid -->", short)
     # a run short of its config's train.steps says how far it got, and the count says how many are
     maml = render_template("<!-- report: maml/omniglot/5w1s grid -->", read_records(SAMPLE))
