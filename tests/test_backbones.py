@@ -28,7 +28,7 @@ def randomise_batch_norm(module: nn.Module, generator: torch.Generator) -> None:
 
 # --- Conv-4: the same forward pass and the same state_dict names as before --------------------------------
 def conv4_reference(state: dict, x: torch.Tensor, depth: int, pooling: bool, downsampled: int, global_pool: bool,
-                    training: bool) -> torch.Tensor:
+                    training: bool, leaky_slope: float = 0.0) -> torch.Tensor:
     """Conv-4 written out with torch functions, reading weights by their (checkpoint) names."""
     for i in range(depth):
         down = i < downsampled
@@ -36,23 +36,25 @@ def conv4_reference(state: dict, x: torch.Tensor, depth: int, pooling: bool, dow
         x = F.conv2d(x, state[f"blocks.{i}.0.weight"], state[f"blocks.{i}.0.bias"], stride=stride, padding=1)
         x = F.batch_norm(x, state[f"blocks.{i}.1.running_mean"], state[f"blocks.{i}.1.running_var"],
                          state[f"blocks.{i}.1.weight"], state[f"blocks.{i}.1.bias"], training, 0.1, 1e-5)
-        x = F.relu(x)
+        x = torch.where(x > 0, x, leaky_slope * x)  # ReLU at slope 0
         x = F.max_pool2d(x, 2) if down and pooling else x
     return (x.mean((2, 3)) if global_pool else x).flatten(1)
 
 
-@pytest.mark.parametrize("pooling,downsample_blocks,global_pool", [(True, None, False), (False, None, True),
-                                                                   (True, 2, False)])
+@pytest.mark.parametrize("pooling,downsample_blocks,global_pool,leaky_slope", [
+    (True, None, False, 0.0), (False, None, True, 0.0), (True, 2, False, 0.0), (True, None, False, 0.1)])
 @pytest.mark.parametrize("training", [True, False])
-def test_conv4_forward_equals_torch_functions_on_its_named_weights(pooling, downsample_blocks, global_pool, training):
+def test_conv4_forward_equals_torch_functions_on_its_named_weights(pooling, downsample_blocks, global_pool,
+                                                                   leaky_slope, training):
     torch.manual_seed(0)
     net = Conv4(in_channels=3, width=8, pooling=pooling, image_size=28, downsample_blocks=downsample_blocks,
-                global_pool=global_pool).double()
+                global_pool=global_pool, leaky_slope=leaky_slope).double()
     randomise_batch_norm(net, torch.Generator().manual_seed(1))
     state = {name: t.clone() for name, t in net.state_dict().items()}
     x = torch.randn(5, 3, 28, 28, dtype=torch.float64)
     out = net.train(training)(x)
-    expected = conv4_reference(state, x, 4, pooling, 4 if downsample_blocks is None else 2, global_pool, training)
+    expected = conv4_reference(state, x, 4, pooling, 4 if downsample_blocks is None else 2, global_pool, training,
+                               leaky_slope)
     assert out.shape == (5, net.feature_size) and net.feature_size == int(torch.tensor(net.feature_shape).prod())
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for name, t in net.state_dict().items():  # the running statistics moved as the reference moved them
@@ -64,6 +66,15 @@ def test_conv4_keeps_its_checkpoint_names():
     names = list(Conv4(depth=2).state_dict())
     block = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     assert names == [f"blocks.{i}.{n}" for i in range(2) for n in block]
+    assert list(Conv4(depth=2, leaky_slope=0.1).state_dict()) == names  # the activation has no weights
+    with pytest.raises(ValueError, match=r"leaky_slope=-0.1 must be 0 \(ReLU\) or positive"):
+        Conv4(leaky_slope=-0.1)
+
+
+@pytest.mark.parametrize("bn", ["transductive", "per_step"])
+def test_maml_batched_equals_task_by_task_on_leaky_conv4(bn):
+    backbone = {"name": "conv4", "in_channels": 3, "width": 8, "image_size": 32, "leaky_slope": 0.1}
+    assert_batched_equals_task_by_task(backbone, bn)
 
 
 # --- ResNet-12 ----------------------------------------------------------------------------------------------

@@ -7,14 +7,18 @@ from torch import nn
 from .functional import Functional, Ops
 
 
-def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: bool = True) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: bool = True,
+               leaky_slope: float = 0.0) -> nn.Sequential:
     """3x3 conv, BatchNorm, ReLU, then a 2x2 max-pool (or a stride-2 conv when not pooling).
 
-    With ``downsample=False`` the block keeps the resolution (stride 1, no pool).
+    With ``downsample=False`` the block keeps the resolution (stride 1, no pool); with ``leaky_slope > 0``
+    the ReLU is a leaky ReLU of that slope for negative inputs (no weights: the same checkpoint names).
     """
+    if leaky_slope < 0:
+        raise ValueError(f"leaky_slope={leaky_slope} must be 0 (ReLU) or positive (leaky ReLU)")
     stride = 2 if downsample and not pooling else 1
     layers = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
-              nn.BatchNorm2d(out_channels), nn.ReLU()]
+              nn.BatchNorm2d(out_channels), nn.LeakyReLU(leaky_slope) if leaky_slope else nn.ReLU()]
     if downsample and pooling:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -34,6 +38,8 @@ class Conv4(Functional):
             (64 x 7 x 7 feature maps on 28x28 Omniglot).
         global_pool: average the last feature maps over space (``width``-d features), as MAML's
             Omniglot network does after its strided convolutions.
+        leaky_slope: 0 (the default) for ReLU after each BatchNorm; a positive slope for leaky ReLU, as
+            SNAIL's paper describes its Omniglot embedding.
 
     ``forward`` returns flat features (n, feature_size); ``feature_shape`` (channels, side, side)
     says how they unflatten into the last block's feature maps. The forward pass is written once,
@@ -41,13 +47,14 @@ class Conv4(Functional):
     """
 
     def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4, pooling: bool = True,
-                 image_size: int = 28, downsample_blocks: int | None = None, global_pool: bool = False) -> None:
+                 image_size: int = 28, downsample_blocks: int | None = None, global_pool: bool = False,
+                 leaky_slope: float = 0.0) -> None:
         super().__init__()
         downsampled = depth if downsample_blocks is None else downsample_blocks
         if not 0 <= downsampled <= depth:
             raise ValueError(f"downsample_blocks={downsample_blocks} must be between 0 and depth={depth}")
         channels = [in_channels] + [width] * depth
-        self.blocks = nn.Sequential(*[conv_block(a, b, pooling, downsample=i < downsampled)
+        self.blocks = nn.Sequential(*[conv_block(a, b, pooling, downsample=i < downsampled, leaky_slope=leaky_slope)
                                       for i, (a, b) in enumerate(zip(channels, channels[1:]))])
         side = image_size
         for _ in range(downsampled):
