@@ -103,6 +103,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     load_plugins(args.plugin)
     chosen = cells(args.selection)
+    if args.until is not None:  # HH:MM already past today means tomorrow: say which, before hours of training
+        say(f"--until: training stops at {until_text(args.until)}")
     if args.dry_run:
         print(describe(plan(chosen, Path(args.output), args.set), args.budget))
         return 0
@@ -239,6 +241,15 @@ def wall_clock(text: str, now: datetime.datetime | None = None) -> float:
     return (when if when > now else when + datetime.timedelta(days=1)).timestamp()
 
 
+def until_text(until: float, now: datetime.datetime | None = None) -> str:
+    """An ``--until`` time (seconds since the epoch) as the date and time it means, and how far off it is."""
+    from .results import duration
+
+    now = now or datetime.datetime.now()
+    when = datetime.datetime.fromtimestamp(until)
+    return f"{when:%Y-%m-%d %H:%M} local time, in {duration(max((when - now).total_seconds(), 0.0))}"
+
+
 def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
     s = sub.add_parser("reproduce", parents=[plugin], help="train and test the paper cells (metazoo.published), "
                                                            "one record per cell")
@@ -251,7 +262,7 @@ def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
     s.add_argument("--until", type=wall_clock, metavar="TIME",
                    help="stop training at this local time, HH:MM (its next occurrence) or YYYY-MM-DDTHH:MM: each run "
                         "stops with a checkpoint then and is tested (leave a margin for the tests), and no run "
-                        "starts after it; a later call continues")
+                        "starts after it; a later call continues. It prints the date and time it means first")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
     s.add_argument("--dry-run", action="store_true",
                    help="list the cells, the runs they need (where one has started: its step and best validation) "

@@ -154,6 +154,17 @@ def test_until_takes_a_clock_time_or_a_date_and_time():
         wall_clock("7pm", now)
 
 
+def test_until_says_the_date_and_time_it_means_before_training(tmp_path, capsys):
+    from metazoo.cli import main, until_text, wall_clock
+
+    now = datetime.datetime(2026, 12, 3, 19, 20)
+    assert until_text(wall_clock("07:00", now), now) == "2026-12-04 07:00 local time, in 11 h 40 min"
+    assert until_text(wall_clock("19:30", now), now) == "2026-12-03 19:30 local time, in 10 min"
+    main(["reproduce", "protonet/omniglot/5w1s", "--until", "23:59", "--dry-run", "-o", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.startswith("--until: training stops at ") and " local time, in " in out.splitlines()[0]
+
+
 def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
     chosen = tiny_cells(tmp_path, steps=60, val_every=3)
     run_dir = plan(chosen, tmp_path / "out")[0].run_dir
