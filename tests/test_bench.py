@@ -403,14 +403,42 @@ def test_sequence_table_times_both_paths_of_a_real_config(data_root, capsys):
     ratio(row[4])
 
 
-def test_layout_table_times_both_layouts_of_a_real_config(data_root, capsys):
-    """Table (i) on one configuration: the same weights contiguous and channels_last, and what "auto" picks."""
+def test_layout_table_times_both_layouts_and_bfloat16_of_a_real_config(data_root, capsys):
+    """Table (i) on real configurations: the same weights contiguous and channels_last, what "auto" picks, and
+    that layout under bfloat16 autocast, or "refused" for a learner that bfloat16 is not sound for."""
     assert bench.parse(["--only", "layout"]).layout_configs == list(bench.layout.DEFAULT)
     assert bench.main(["--only", "layout", "--layout-configs", "omniglot_matching_5w1s,omniglot_fomaml_5w1s",
                        "--layout-repeats", "1", "--warmup", "0", "--data-root", str(data_root)]) == 0
-    found = tables(capsys.readouterr().out)["## (i) Convolution layout on the CPU: channels_last vs contiguous"]
-    assert [row[:2] + row[-1:] for row in found] == [["omniglot_matching_5w1s", "matching", "channels_last"],
+    title = "## (i) Convolution layout on the CPU: channels_last vs contiguous, and bfloat16"
+    found = tables(capsys.readouterr().out)[title]
+    assert [row[:2] + row[5:6] for row in found] == [["omniglot_matching_5w1s", "matching", "channels_last"],
                                                      ["omniglot_fomaml_5w1s", "maml", "contiguous"]]
     for row in found:
-        assert float(row[2]) > 0 and float(row[3]) > 0
+        assert len(row) == len(bench.layout.HEADER)
+        assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[6]) > 0
         ratio(row[4])
+        ratio(row[7])
+
+
+def test_layout_bfloat16_contender_runs_under_autocast_and_is_left_out_where_refused(data_root, monkeypatch):
+    """The bf16 contender's step runs in bfloat16 (a convolution's output dtype, seen by a hook) in the layout
+    auto chooses; a learner whose amp_modes exclude bf16 has no such contender."""
+    import torch
+
+    path = bench.scaling.repo_file(bench.layout.CONFIGS["omniglot_matching_5w1s"])
+    contenders, learner, auto = bench.layout.blocks(path, data_root, 1)
+    assert (sorted(contenders), learner, auto) == (["bf16", "channels_last", "contiguous"], "matching",
+                                                   "channels_last")
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.append(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    try:
+        contenders["contiguous"]()
+        assert seen and set(seen) == {torch.float32}
+        seen.clear()
+        contenders["bf16"]()
+        assert seen and set(seen) == {torch.bfloat16}
+    finally:
+        hook.remove()
+    monkeypatch.setattr(type(bench.layout.objective_and_batch(path, data_root)[1]), "amp_modes", ("off",))
+    assert sorted(bench.layout.blocks(path, data_root, 1)[0]) == ["channels_last", "contiguous"]

@@ -15,8 +15,8 @@ learn2learn's example loops (:mod:`metazoo.bench.iteration`); (f) time to accura
 learn2learn trained side by side and tested on the same episodes (:mod:`metazoo.bench.race`); (g) training
 under glibc's default malloc and under the ``metazoo`` command's tunables (:mod:`metazoo.bench.malloc`);
 (h) the sequence learners' meta-batch as one batch against one episode at a time
-(:mod:`metazoo.bench.sequence`); (i) the convolutions' memory layout, channels_last against contiguous
-(:mod:`metazoo.bench.layout`).
+(:mod:`metazoo.bench.sequence`); (i) the convolutions' memory layout, channels_last against contiguous,
+and bfloat16 autocast against float32 (:mod:`metazoo.bench.layout`).
 
 The contenders of each row of (a), (b), (c), (e), (h) and (i) run in alternating blocks and report the median
 block, so a load that comes and goes on the machine falls on both sides of each ratio. The ratios are the output.
@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
                         "scaling: CPU throughput of 1 or 2 processes; iteration: (e), a training iteration with "
                         "sampling; race: (f), time to accuracy; malloc: (g), glibc's malloc against metazoo's "
                         "tunables; sequence: (h), sequence learners batched against one episode at a time; "
-                        "layout: (i), channels_last against contiguous; each takes minutes)")
+                        "layout: (i), channels_last against contiguous, and bfloat16; each takes minutes)")
     p.add_argument("--skip", choices=[*TABLES, sampling.STANDARD], action="append", default=[],
                    help=f"leave out a table (repeatable); {sampling.STANDARD}: the learn2learn standard pipeline "
                         "contender of the sampling table")

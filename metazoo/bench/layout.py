@@ -1,10 +1,15 @@
-"""Table (i): the convolutions' memory layout, channels_last against contiguous, on the CPU.
+"""Table (i): the convolutions' memory layout, channels_last against contiguous, and bfloat16 autocast, on the CPU.
 
 For each configuration (``experiments/...``, as ``metazoo train`` resolves it), one training step's forward and
 backward pass over the config's first meta-batch, with the objective's weights contiguous (NCHW) and, in a
 copy of the same weights, channels_last (NHWC, so that the convolutions keep their feature maps that way),
 taking turns. The same maths either way (tests/test_memory_format.py, in float64); the ratio is what the
 layout buys, and it is what ``train.memory_format = "auto"`` follows (``Objective.channels_last_pays``).
+
+A third contender takes the same turns: the layout ``"auto"`` chooses, under ``train.amp = "bf16"``
+(:func:`metazoo.objective.autocast`, as the trainer runs a step), where the learner accepts it
+(``Objective.amp_modes``); its ratio is over the same layout in float32. bfloat16 changes the arithmetic (not
+the same maths: docs/distributed.md), so this is what a run that chooses it would gain, not a default.
 """
 from __future__ import annotations
 
@@ -26,28 +31,34 @@ EXTRA = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" for
     "omniglot/relation_5w5s.toml", "omniglot/relation_20w1s.toml", "omniglot/relation_20w5s.toml")}
 DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))
 CONFIGS.update(EXTRA)
-HEADER = ["configuration", "learner", "contiguous s/step", "channels_last s/step", "speed-up", "auto chooses"]
+HEADER = ["configuration", "learner", "contiguous s/step", "channels_last s/step", "speed-up", "auto chooses",
+          "auto, bf16 s/step", "bf16 speed-up"]
 
 
 def blocks(config_path: Path, root: Path, steps: int) -> tuple[dict[str, Callable[[], None]], str, str]:
-    """The two contenders (``steps`` forward + backward passes each), the learner's name, and the layout
-    ``"auto"`` gives it on the CPU."""
+    """The contenders (``steps`` forward + backward passes each: ``contiguous``, ``channels_last`` and, where the
+    learner accepts bfloat16, ``bf16`` in the layout ``"auto"`` gives it), the learner's name, and that layout."""
     import torch
 
     from ..build import memory_format
+    from ..objective import autocast
 
     config, contiguous, batch = objective_and_batch(config_path, root)
     channels_last = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
 
-    def step(objective) -> Callable[[], None]:
+    def step(objective, amp: str = "off") -> Callable[[], None]:
         def run() -> None:
             objective.zero_grad()
-            objective.meta_loss(batch)[0].backward()
+            with autocast("cpu", amp):
+                loss = objective.meta_loss(batch)[0]
+            loss.backward()
         return repeat(run, steps)
 
     auto = memory_format(config, contiguous, torch.device("cpu")) == torch.channels_last
-    return ({"contiguous": step(contiguous), "channels_last": step(channels_last)}, config.learner["name"],
-            "channels_last" if auto else "contiguous")
+    contenders = {"contiguous": step(contiguous), "channels_last": step(channels_last)}
+    if "bf16" in contiguous.amp_modes:
+        contenders["bf16"] = step(copy.deepcopy(channels_last if auto else contiguous), "bf16")
+    return contenders, config.learner["name"], "channels_last" if auto else "contiguous"
 
 
 def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int) -> list[list[str]]:
@@ -57,14 +68,19 @@ def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int
         warm_up(contenders, warmup)
         median = interleaved_medians(contenders, repeats)
         plain, last = median["contiguous"] / steps, median["channels_last"] / steps
-        out.append([name, learner, f"{plain:.3f}", f"{last:.3f}", f"{plain / last:.2f}x", auto])
+        bf16 = ["refused", ""]  # the learner is not sound under bfloat16 (its amp_modes)
+        if "bf16" in median:
+            half = median["bf16"] / steps
+            bf16 = [f"{half:.3f}", f"{median[auto] / steps / half:.2f}x"]
+        out.append([name, learner, f"{plain:.3f}", f"{last:.3f}", f"{plain / last:.2f}x", auto, *bf16])
     return out
 
 
 def report(root: Path, args: argparse.Namespace) -> str:
     """Table (i) with its protocol line."""
     body = table(HEADER, rows(args.layout_configs, root, args.layout_steps, args.layout_repeats, args.warmup))
-    return (f"## (i) Convolution layout on the CPU: channels_last vs contiguous\n\n{body}\n\n"
+    return (f"## (i) Convolution layout on the CPU: channels_last vs contiguous, and bfloat16\n\n{body}\n\n"
             f"Forward + backward of one training step (the config's first meta-batch, training mode), median of "
             f"{args.layout_repeats} blocks of {args.layout_steps} step(s) after {args.warmup} warm-up block(s), "
-            f"the two layouts taking turns.\n")
+            f"the contenders taking turns; bf16: the layout auto chooses under bfloat16 autocast "
+            f"(train.amp = \"bf16\"), its speed-up over that layout in float32.\n")
