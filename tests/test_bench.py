@@ -422,23 +422,31 @@ def test_layout_table_times_both_layouts_and_bfloat16_of_a_real_config(data_root
 
 def test_layout_bfloat16_contender_runs_under_autocast_and_is_left_out_where_refused(data_root, monkeypatch):
     """The bf16 contender's step runs in bfloat16 (a convolution's output dtype, seen by a hook) in the layout
-    auto chooses; a learner whose amp_modes exclude bf16 has no such contender."""
+    auto chooses (channels_last for Matching: the convolutions' outputs keep it); a learner whose amp_modes
+    exclude bf16 has no such contender, and its row says "refused"."""
     import torch
 
     path = bench.scaling.repo_file(bench.layout.CONFIGS["omniglot_matching_5w1s"])
     contenders, learner, auto = bench.layout.blocks(path, data_root, 1)
     assert (sorted(contenders), learner, auto) == (["bf16", "channels_last", "contiguous"], "matching",
                                                    "channels_last")
+
+    def nhwc(t: torch.Tensor) -> bool:
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
     seen = []
     hook = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, args, out: seen.append(out.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+        lambda module, args, out: seen.append((out.dtype, nhwc(out))) if isinstance(module, torch.nn.Conv2d)
+        else None)
     try:
-        contenders["contiguous"]()
-        assert seen and set(seen) == {torch.float32}
-        seen.clear()
-        contenders["bf16"]()
-        assert seen and set(seen) == {torch.bfloat16}
+        for name, expected in (("contiguous", (torch.float32, False)), ("channels_last", (torch.float32, True)),
+                               ("bf16", (torch.bfloat16, True))):
+            seen.clear()
+            contenders[name]()
+            assert seen and set(seen) == {expected}, name
     finally:
         hook.remove()
     monkeypatch.setattr(type(bench.layout.objective_and_batch(path, data_root)[1]), "amp_modes", ("off",))
     assert sorted(bench.layout.blocks(path, data_root, 1)[0]) == ["channels_last", "contiguous"]
+    (row,) = bench.layout.rows(["omniglot_matching_5w1s"], data_root, 1, 1, 0)
+    assert row[5:] == ["channels_last", "refused", ""]
