@@ -7,7 +7,7 @@ taking turns. The same maths either way (tests/test_memory_format.py, in float64
 layout buys, and it is what ``train.memory_format = "auto"`` follows (``Objective.channels_last_pays``).
 
 A third contender takes the same turns: the layout ``"auto"`` chooses, under ``train.amp = "bf16"``
-(:func:`metazoo.objective.autocast`, as the trainer runs a step), where the learner accepts it
+(:func:`metazoo.objective.autocast`, the trainer's, around the forward pass), where the learner accepts it
 (``Objective.amp_modes``); its ratio is over the same layout in float32. bfloat16 changes the arithmetic (not
 the same maths: docs/distributed.md), so this is what a run that chooses it would gain, not a default.
 """
