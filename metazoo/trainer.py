@@ -117,7 +117,7 @@ def meta_train(config: Config, run_dir: str | Path, resume: bool = False, data_r
                              "or choose another run directory")
     if resume and not (run_dir / LAST).exists() and distributed.is_main():
         LOG.warning(f"--resume: {run_dir} holds no checkpoint ({LAST}) yet, so the run starts from step 0")
-    check_processes(config)
+    check_start(config)
     if config.train.pin_cores:
         cores = distributed.pin_cores(torch.get_num_threads())
         if cores is not None:
@@ -153,13 +153,16 @@ def lost_ranks(run: Training):
                             "process can run, continue with the same torchrun command and --resume") from err
 
 
-def check_processes(config: Config) -> None:
-    """Under torchrun, before the processes join: the meta-batch divides by them, and the objective
-    declares its step loss the mean over the step's items (``loss_is_item_mean``: so the mean of
-    the ranks' means); the multi-task objective's (task weightings, a penalty) is not."""
+def check_start(config: Config) -> None:
+    """What the config alone settles, before the data are read (a minute or more at a split's first use) and
+    the processes join: the objective is sound under ``train.amp``; under torchrun, the meta-batch divides by
+    the processes, and the objective declares its step loss the mean over the step's items
+    (``loss_is_item_mean``: so the mean of the ranks' means); the multi-task objective's (task weightings, a
+    penalty) is not."""
     distributed.check_meta_batch(config.train.meta_batch_size)
     load_plugins(config.plugins)
     name = config.learner.get("name", "protonet")
+    objective_factory(name).check_amp(config.train.amp, name)
     if distributed.world_size() > 1 and not objective_factory(name).loss_is_item_mean:
         raise ValueError(f"learner {name!r} cannot train across processes: its step's loss is not a mean over "
                          "the step's items (task weightings, a penalty); train it in one process")

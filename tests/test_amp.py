@@ -53,6 +53,9 @@ def test_a_learner_for_which_bf16_is_not_sound_refuses_it_in_one_line(tmp_path, 
     assert err == (f"metazoo: error: learner '{learner}' refuses train.amp = 'bf16' (bfloat16 is not sound for it; "
                    "its docstring says why): set train.amp = \"off\"")
     assert not (tmp_path / "run").exists()
+    # refused before the data are read (their first decoding takes a minute): no data there, the same error
+    assert main([*args, "--data-root", str(tmp_path / "no-data")]) == 2
+    assert capsys.readouterr().err.strip() == err
 
 
 def test_an_unknown_amp_setting_fails_at_load(data_root):
