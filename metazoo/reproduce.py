@@ -39,7 +39,7 @@ from . import __version__
 from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
-from .results import read_records
+from .results import duration, read_records
 from .run import BEST, CONFIG, LAST, RunLock, load_checkpoint, read_config
 from .trainer import meta_train, test_run
 
@@ -171,19 +171,25 @@ def continue_shorter(p: Plan) -> None:
 
 
 def standing(p: Plan) -> str:
-    """Where the run stands, from its last checkpoint: ``to train``, ``at step 4000 of 20000, best validation
-    97.10% at step 3000: resumes`` (stopped by a budget, ``--until`` or a signal), or ``finished at step ...``."""
+    """Where the run stands, from its last checkpoint: ``to train``, ``at step 4000 of 20000 after 20 min of
+    training (0.30 s a step: about 80 min more at that pace), best validation 97.10% at step 3000: resumes``
+    (stopped by a budget, ``--until`` or a signal), or ``finished at step ...``. The pace is the training time
+    so far (validation included) over the steps, for choosing the next ``--budget`` or ``--until``."""
     if not (p.run_dir / LAST).exists():
         source = shorter_run(p)
         return "to train" if source is None else \
             f"to train from a copy of {source} (step {load_checkpoint(source / LAST)['step']})"
     state = load_checkpoint(p.run_dir / LAST)
-    step, best = state["step"], state.get("best", {})
+    step, best, seconds = state["step"], state.get("best", {}), state.get("train_seconds")
     validated = best.get("accuracy", -1) >= 0
     seen = f", best validation {100 * best['accuracy']:.2f}% at step {best['step']}" if validated else ""
+    spent = f" after {duration(seconds)} of training" if seconds else ""
     if step >= p.config.train.steps:
-        return f"finished at step {step}{seen}"
-    return f"at step {step} of {p.config.train.steps}{seen}: resumes"
+        return f"finished at step {step}{spent}{seen}"
+    if seconds and step:
+        pace = seconds / step
+        spent += f" ({pace:.2f} s a step: about {duration(pace * (p.config.train.steps - step))} more at that pace)"
+    return f"at step {step} of {p.config.train.steps}{spent}{seen}: resumes"
 
 
 def finished(p: Plan) -> bool:

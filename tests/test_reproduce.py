@@ -122,8 +122,10 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
     assert 0 < state["step"] < 1_000_000 and 3.5 < state["train_seconds"] < 8, state["train_seconds"]
     best = state["best"]  # the dry run says where the run stands
     seen = f", best validation {100 * best['accuracy']:.2f}% at step {best['step']}" if best["accuracy"] >= 0 else ""
-    assert f"{plan(chosen, out)[0].run_dir} (at step {state['step']} of 1000000{seen}: resumes)" in \
-        describe(plan(chosen, out), None)
+    spent = re.escape(f" after {state['train_seconds']:.0f} s of training (") + \
+        r"\d+\.\d\d s a step: about [\dh min]+ more at that pace\)"  # ... and the rest's time (by hand below)
+    assert re.search(re.escape(f"{plan(chosen, out)[0].run_dir} (at step {state['step']} of 1000000") + spent
+                     + re.escape(f"{seen}: resumes)"), describe(plan(chosen, out), None))
 
     # a later call: the run's budget is what it trained plus the minutes left, and --budget still caps it
     p = plan(chosen, out)[0]
@@ -139,6 +141,12 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
     assert [(r["steps"], r["protocol"]["seed"], r["protocol"]["overrides"]) for r in again] == [
         (state["step"], 7, ["eval.seed=7"])]
     assert torch.load(p.run_dir / "last.pt", weights_only=True)["step"] == state["step"]
+
+    # the pace, by hand: 600 s for 200 steps is 3 s a step, so 999800 steps more are 2999400 s, 833 h 10 min
+    torch.save({**torch.load(p.run_dir / "last.pt", weights_only=True), "step": 200, "train_seconds": 600.0},
+               p.run_dir / "last.pt")
+    assert "(at step 200 of 1000000 after 10 min of training (3.00 s a step: about 833 h 10 min more at that pace)" \
+        in describe(plan(chosen, out), None)
 
 
 def test_until_takes_a_clock_time_or_a_date_and_time():
@@ -184,7 +192,8 @@ def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
     assert 3 <= stopped_at < 60, "the kill came too late to test a resume"
     records = reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False)
     assert [r["steps"] for r in records] == [60, 60]
-    assert f"{run_dir} (finished at step 60, best validation " in describe(plan(chosen, tmp_path / "out"), None)
+    assert re.search(re.escape(f"{run_dir} (finished at step 60 after ") + r"\d+ s of training, best validation ",
+                     describe(plan(chosen, tmp_path / "out"), None))
     straight = reproduce(chosen, tmp_path / "straight", data_root=str(data_root), progress=False)
     assert [r["ours"] for r in straight] == [r["ours"] for r in records]  # resumed = never interrupted
 
