@@ -192,7 +192,7 @@ def test_a_killed_reproduce_resumes_where_it_stopped(tmp_path, data_root):
     assert 3 <= stopped_at < 60, "the kill came too late to test a resume"
     records = reproduce(chosen, tmp_path / "out", data_root=str(data_root), progress=False)
     assert [r["steps"] for r in records] == [60, 60]
-    assert re.search(re.escape(f"{run_dir} (finished at step 60 after ") + r"\d+ s of training, best validation ",
+    assert re.search(re.escape(f"{run_dir} (finished at step 60 after ") + r"[\dh mins]+ of training, best validation ",
                      describe(plan(chosen, tmp_path / "out"), None))
     straight = reproduce(chosen, tmp_path / "straight", data_root=str(data_root), progress=False)
     assert [r["ours"] for r in straight] == [r["ours"] for r in records]  # resumed = never interrupted
