@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import re
 import shlex
@@ -109,7 +110,7 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
                      overrides=["eval.seed=7"]) == []
 
 
-def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(tmp_path, data_root):
+def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(tmp_path, data_root, caplog):
     chosen = tiny_cells(tmp_path, steps=1_000_000, val_every=1_000_000)
     out = tmp_path / "out"
     assert reproduce(chosen, out, data_root=str(data_root), progress=False, until=time.time() - 1) == []
@@ -136,10 +137,12 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
 
     # a test setting given to the unfinished run: it resumes with its own [eval] (no config clash), trains
     # nothing within a spent budget, and is tested as asked
-    again = reproduce(chosen[:1], out, budget=state["train_seconds"] / 120, data_root=str(data_root), progress=False,
-                      overrides=["eval.seed=7"])
+    with caplog.at_level(logging.INFO, logger="metazoo"):
+        again = reproduce(chosen[:1], out, budget=state["train_seconds"] / 120, data_root=str(data_root),
+                          progress=False, overrides=["eval.seed=7"])
     assert [(r["steps"], r["protocol"]["seed"], r["protocol"]["overrides"]) for r in again] == [
         (state["step"], 7, ["eval.seed=7"])]
+    assert f"{p.run_dir.name}: at step {state['step']} of 1000000 after " in caplog.text  # where it resumed from
     assert torch.load(p.run_dir / "last.pt", weights_only=True)["step"] == state["step"]
 
     # the pace, by hand: 600 s for 200 steps is 3 s a step, so 999800 steps more are 2999400 s, 833 h 10 min
