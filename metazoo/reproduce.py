@@ -238,9 +238,9 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
     if (p.run_dir / CONFIG).exists():  # a run trained before continues with its own [eval] (its validation):
         config.eval = read_config(p.run_dir).eval  # a --set eval... given now only tests it (test_settings)
     summary = None
-    if (p.run_dir / LAST).exists() and not finished(p):
-        LOG.info(f"{p.run_dir.name}: {standing(p)}")
     if not finished(p):
+        if (p.run_dir / LAST).exists():
+            LOG.info(f"{p.run_dir.name}: {standing(p)}")
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
                              progress=progress, test=False)
     state = load_checkpoint(p.run_dir / LAST)
