@@ -68,6 +68,13 @@ class Objective(nn.Module):
             raise ValueError(f"learner {name or cls.__name__!r} refuses train.amp = {amp!r} (bfloat16 is not sound "
                              f"for it; its docstring says why): set train.amp = \"off\"")
 
+    @classmethod
+    def check_config(cls, config: Any, name: str | None = None) -> None:
+        """Refuse, in one line, what ``config`` alone shows this objective cannot run (``name``: its registered
+        name), before any data are read or weights built: here, a ``train.amp`` it is not sound under
+        (:meth:`check_amp`). Training (``check_start``) and the re-test of a run (``test_run``) call it."""
+        cls.check_amp(config.train.amp, name)
+
     # --- training -------------------------------------------------------------------------------
     @classmethod
     def resolve_settings(cls, settings: dict, config: Any, train_set: Any) -> None:

@@ -155,14 +155,15 @@ def lost_ranks(run: Training):
 
 def check_start(config: Config) -> None:
     """What the config alone settles, before the data are read (a minute or more at a split's first use) and
-    the processes join: the objective is sound under ``train.amp``; under torchrun, the meta-batch divides by
+    the processes join: the objective's own (``check_config``: sound under ``train.amp``; a learner with a head of
+    fixed size, episodes of its ways for training, validation and test); under torchrun, the meta-batch divides by
     the processes, and the objective declares its step loss the mean over the step's items
     (``loss_is_item_mean``: so the mean of the ranks' means); the multi-task objective's (task weightings, a
     penalty) is not."""
     distributed.check_meta_batch(config.train.meta_batch_size)
     load_plugins(config.plugins)
     name = config.learner.get("name", "protonet")
-    objective_factory(name).check_amp(config.train.amp, name)
+    objective_factory(name).check_config(config, name)
     if distributed.world_size() > 1 and not objective_factory(name).loss_is_item_mean:
         raise ValueError(f"learner {name!r} cannot train across processes: its step's loss is not a mean over "
                          "the step's items (task weightings, a penalty); train it in one process")
@@ -353,6 +354,8 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     instead (made if missing), naming the evaluated run or ``zoo:`` entry as ``protocol["run"]``: the one way a
     model-zoo entry's re-test is kept. Under torchrun the processes share the test episodes and rank 0 writes."""
     run = load_run(run_dir, checkpoint, overrides, data_root)
+    name = run.config.learner.get("name", "protonet")
+    objective_factory(name).check_config(run.config, name)
     rule = PROTOCOLS.create(run.config.eval.protocol)
     items = rule.items(run.config, "test", data_root)
     with distributed.session(run.device):

@@ -52,6 +52,26 @@ def test_eval_overrides_test_time_settings_and_records_them(tmp_path, data_root,
     assert "\nlr = 0.01\n" in (run / "config.toml").read_text()  # the run itself is unchanged
 
 
+@pytest.mark.parametrize("learner", ["maml", "snail"])
+def test_other_ways_than_a_fixed_head_are_refused_before_the_data_are_read(tmp_path, data_root, capsys, learner):
+    run, nothing = tmp_path / "run", str(tmp_path / "no-data")  # refused before the data root is read
+    args = ["train", CONFIG, "-o", str(run), "--set", f"learner.name={learner}", "--device", "cpu", *TINY]
+    refusal = f"metazoo: error: learner '{learner}' classifies into learner.ways = {{}} classes, so its episodes " \
+        "must be"
+    assert main([*args, "--set", "eval.ways=3", "--data-root", nothing]) == 2  # would fail at the first validation
+    assert capsys.readouterr().err.strip() == refusal.format(5) + \
+        " 5-way, and eval.ways = 3: set eval.ways = 5, or use a 3-way model"
+    assert main([*args, "--set", "learner.ways=4", "--data-root", nothing]) == 2
+    assert capsys.readouterr().err.strip() == refusal.format(4) + \
+        " 4-way, and train.ways = 5: set train.ways = 4, or use a 5-way model"
+    assert not run.exists()
+    assert main([*args, "--data-root", str(data_root)]) == 0
+    assert main(["eval", str(run), "--ways", "3", "--data-root", nothing, "-q"]) == 2  # a re-test, before its data
+    assert capsys.readouterr().err.strip() == refusal.format(5) + \
+        " 5-way, and eval.ways = 3: set eval.ways = 5, or use a 3-way model"
+    assert len((run / "results.jsonl").read_text().splitlines()) == 1  # the training's test alone
+
+
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
     assert main(["train", CONFIG, "-o", str(tmp_path / "r"), "--set", "train.stepz=3"]) == 2
     assert "train.stepz; valid in [train]" in capsys.readouterr().err

@@ -41,6 +41,24 @@ class Learner(Objective):
         if "ways" in accepted_kwargs(cls):
             settings.setdefault("ways", config.train.ways)
 
+    @classmethod
+    def check_config(cls, config, name: str | None = None) -> None:
+        """Also: a learner with a head of fixed size (``ways``) takes episodes of that many classes only, so
+        ``train.ways`` and ``eval.ways`` (the validation and test episodes) must equal ``learner.ways`` (which
+        defaults to ``train.ways``); otherwise the first validation, or the test after the whole training,
+        would fail."""
+        from ..registry import accepted_kwargs
+
+        super().check_config(config, name)
+        if "ways" not in accepted_kwargs(cls):
+            return
+        fixed = config.learner.get("ways", config.train.ways)
+        for setting, ways in (("train.ways", config.train.ways), ("eval.ways", config.eval.ways)):
+            if ways != fixed:
+                raise ValueError(f"learner {name or cls.__name__!r} classifies into learner.ways = {fixed} classes, "
+                                 f"so its episodes must be {fixed}-way, and {setting} = {ways}: set {setting} = "
+                                 f"{fixed}, or use a {ways}-way model")
+
     def training_items(self, train_set, config) -> EpisodeSampler:
         """Seeded ``train.ways``-way episodes of the training split, ``train.steps`` meta-batches' worth, their
         images turned by up to ``train.rotate`` degrees and moved by up to ``train.translate`` pixels."""
