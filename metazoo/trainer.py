@@ -357,6 +357,7 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     name = run.config.learner.get("name", "protonet")
     objective_factory(name).check_config(run.config, name)
     rule = PROTOCOLS.create(run.config.eval.protocol)
+    rule.subject(run.objective)  # the protocol evaluates this kind of objective: said before the data are read
     items = rule.items(run.config, "test", data_root)
     with distributed.session(run.device):
         result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress, run.config.train.amp)

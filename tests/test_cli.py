@@ -32,6 +32,10 @@ def test_train_then_eval_with_another_protocol(tmp_path, data_root, capsys):
     result = json.loads((run / "result.json").read_text())
     assert result["protocol"]["ways"] == 3 and result["episodes"] == 4
     assert len((run / "results.jsonl").read_text().splitlines()) == 2
+    # a protocol for another kind of learner is refused before the data are read (none there)
+    assert main(["eval", str(run), "--protocol", "online", "--data-root", str(tmp_path / "no-data"), "-q"]) == 2
+    assert capsys.readouterr().err.strip() == ("metazoo: error: the online protocol needs a sequence learner (lstm, "
+                                               "mann, snail); ProtoNet is not one")
 
 
 def test_eval_overrides_test_time_settings_and_records_them(tmp_path, data_root, capsys, monkeypatch):
