@@ -137,6 +137,13 @@ class TrainConfig:
                 '`"contiguous"` (NCHW); `"auto"`: channels_last on the CPU for the learners it speeds up there (all '
                 "but the inner-loop learners; docs/benchmarks.md, table (i)), contiguous elsewhere. The same maths "
                 "either way, to float rounding: not part of a run's identity, and a run may resume with another.")
+    compile: bool = setting(False, "Compile (`torch.compile`) the parts of the training step that its learner "
+                                   "declares faster compiled (MANN in its own protocol: the recurrence, 1.56x a "
+                                   "step on the CPU, docs/benchmarks.md (h)), for the training steps only: the "
+                                   "first step compiles (4-5 minutes for MANN's 50 unrolled steps on a CPU core, "
+                                   "less from inductor's disk cache), validation and tests stay eager. Learners "
+                                   "that declare nothing train as without it. The same maths to float rounding: "
+                                   "not part of a run's identity, and a run may resume with another.")
     num_workers: int = setting(0, "DataLoader worker processes that prepare the training episodes (0: in the "
                                   "training process, gathering them on the training device from images kept "
                                   "there; with workers the images stay on the CPU). The episodes are the same for "

@@ -43,6 +43,9 @@ class Objective(nn.Module):
     whose arithmetic bfloat16 would spoil lists only ``"off"`` and says why in its docstring); the
     trainer and evaluation run its forward and backward passes under :func:`autocast`.
 
+    ``compile_targets``: the methods whose ``torch.compile``'d form is faster in training (measured per family:
+    docs/benchmarks.md, table (h)); ``train.compile`` swaps them in (:meth:`compile_training`).
+
     ``channels_last_pays``: whether ``train.memory_format = "auto"`` lays its convolutions' weights out as
     channels_last on the CPU (measured per family: docs/benchmarks.md, table (i)).
     """
@@ -50,6 +53,7 @@ class Objective(nn.Module):
     bn_modes: tuple[str, ...] = BN_MODES
     amp_modes: tuple[str, ...] = AMP_MODES
     channels_last_pays = True
+    compile_targets: tuple[str, ...] = ()
     loss_is_item_mean = True  # a step's loss is the mean over its items, so processes can split the items
     gathers_on_device = False  # its items are gathered where the dataset's images are, which may be a GPU
 
@@ -76,6 +80,20 @@ class Objective(nn.Module):
         cls.check_amp(config.train.amp, name)
 
     # --- training -------------------------------------------------------------------------------
+    def compile_training(self) -> tuple[str, ...]:
+        """``train.compile``: each method named in ``compile_targets`` runs compiled (``torch.compile``, one static
+        shape per compilation) where it trains, in training mode with gradients on, and as it is elsewhere (the
+        validation and test episodes, whose shapes differ from the step's and would each compile anew). Returns the
+        names. The compiled forms are bound to this instance: compile a copy's own."""
+        for name in self.compile_targets:
+            eager = getattr(self, name)
+            compiled = torch.compile(eager, dynamic=False)
+
+            def either(*args, _eager=eager, _compiled=compiled, **kwargs):
+                return (_compiled if self.training and torch.is_grad_enabled() else _eager)(*args, **kwargs)
+            setattr(self, name, either)
+        return self.compile_targets
+
     @classmethod
     def resolve_settings(cls, settings: dict, config: Any, train_set: Any) -> None:
         """Fill, in ``settings`` (the config's ``[learner]`` section), what this objective takes from

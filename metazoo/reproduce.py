@@ -82,7 +82,8 @@ def training_key(config: Config) -> str:
     """What identifies a trained model: every setting but the test's, the budget, and where and how it runs."""
     values = copy.deepcopy(config.to_dict())
     values.pop("eval")
-    for key in ("device", "memory_format", "max_minutes", "num_workers", "tensorboard", "log_every", "pin_cores"):
+    for key in ("device", "memory_format", "compile", "max_minutes", "num_workers", "tensorboard", "log_every",
+                "pin_cores"):
         values["train"].pop(key)
     for section, key, before, dependent in SINCE:
         if values[section].get(key, before) == before:

@@ -111,8 +111,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", overrides: list[str]
     return Run(run_dir, config, objective, checkpoint, int(state["step"]), device)
 
 
-RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.memory_format", "train.num_workers",
-             "train.log_every", "train.pin_cores", "train.tensorboard", "data.root")
+RESUMABLE = ("train.steps", "train.max_minutes", "train.device", "train.memory_format", "train.compile",
+             "train.num_workers", "train.log_every", "train.pin_cores", "train.tensorboard", "data.root")
 
 
 def check_resumable(saved: dict, new: dict, run_dir: Path) -> None:

@@ -205,6 +205,11 @@ def prepare(config: Config, run_dir: Path, data_root: str | Path | None, test: b
                  f"indexes them there), and every step's items are copied to {device}")
     torch.manual_seed(config.train.seed)
     objective = place_objective(build_objective(config), config, device)
+    if config.train.compile:
+        compiled = objective.compile_training()
+        if distributed.is_main():
+            LOG.info(f"train.compile: {', '.join(compiled)} compiled at the first step (minutes on a CPU)" if compiled
+                     else f"train.compile: learner {config.learner['name']!r} declares nothing faster compiled")
     optimizer, scheduler = build_optimizer(config, objective)
     items = objective.training_items(train_set, config)
     protocol = PROTOCOLS.create(config.eval.protocol)
@@ -362,7 +367,7 @@ def test_run(run_dir: str | Path, checkpoint: str = "best", data_root: str | Pat
     with distributed.session(run.device):
         result = evaluate(run.objective, items, run.config.eval.protocol, run.device, progress, run.config.train.amp)
     settings = [o for o in overrides if not o.replace(" ", "").startswith(("train.device=", "train.amp=",
-                                                                          "train.memory_format="))]
+                                                                          "train.memory_format=", "train.compile="))]
     extra = {"checkpoint": checkpoint, "step": run.step, "train_split": run.config.train.split,
              **{f"train_{key}": getattr(run.config.train, key) for key in TRAIN_AUGMENTATIONS
                 if getattr(run.config.train, key)},

@@ -57,6 +57,12 @@ class MANN(SequenceLearner):
 
     amp_modes = ("off",)
 
+    @property
+    def compile_targets(self) -> tuple[str, ...]:
+        """``train.compile``: in the online protocol the step is the recurrence over whole sequences, 1.56x faster
+        compiled on the CPU; the episodic step is mostly its embedding's, 0.95x (docs/benchmarks.md (h))."""
+        return ("sequence",) if self.online else ()
+
     def __init__(self, backbone: nn.Module, ways: int = 5, hidden: int = 200, slots: int = 128,
                  slot_size: int = 40, heads: int = 4, gamma: float = 0.95, order_seed: int = 0,
                  online: bool = False, bn: str = "running", embed: str = "sets") -> None:
