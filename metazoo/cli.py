@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .published import cells
     from .registry import load_plugins
-    from .reproduce import describe, plan, reproduce
+    from .reproduce import describe, job_threads, plan, reproduce
 
     load_plugins(args.plugin)
     chosen = cells(args.selection)
@@ -107,7 +107,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         say(f"--until: training stops at {until_text(args.until)}")
     if args.dry_run:
         print(describe(plan(chosen, Path(args.output), args.set), args.budget))
+        if args.jobs > 1:
+            print(f"\n--jobs {args.jobs}: {args.jobs} runs at a time, {job_threads(args.jobs)} thread(s) each "
+                  f"(OMP_NUM_THREADS), each run's output in {Path(args.output) / 'logs'}/<run>.log")
         return 0
+    if args.jobs > 1:
+        return reproduce_in_jobs(args, chosen)
     records = reproduce(chosen, args.output, args.budget, args.device, args.data_root, args.zoo, not args.quiet,
                         args.set, until=args.until)
     for r in records:
@@ -115,6 +120,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"{r['cell']}: {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f}%{paper} after {r['steps']} steps")
     print(f"{len(records)} new records in {Path(args.output) / 'records.jsonl'}; "
           f"`metazoo report {args.output}` renders them")
+    return 0
+
+
+def reproduce_in_jobs(args: argparse.Namespace, chosen: list) -> int:
+    """``metazoo reproduce --jobs N``: the runs of ``chosen`` N at a time, each a process of its own."""
+    from .reproduce import RECORDS, plan, run_jobs
+
+    out = Path(args.output)
+    plans = plan(chosen, out, args.set)
+    flags = [*(["--budget", f"{args.budget:g}"] if args.budget else []),
+             *(["--until", datetime.datetime.fromtimestamp(args.until).isoformat(timespec="seconds")]
+               if args.until is not None else []),
+             *(["--device", args.device] if args.device else []), *(["--zoo", args.zoo] if args.zoo else []),
+             *(["--data-root", args.data_root] if args.data_root else []),
+             *(item for module in args.plugin for item in ("--plugin", module)),
+             *(item for setting in args.set for item in ("--set", setting)), "-q"]
+    before = len((out / RECORDS).read_text().splitlines()) if (out / RECORDS).exists() else 0
+    failed = run_jobs(plans, out, flags, args.jobs, args.until)
+    after = len((out / RECORDS).read_text().splitlines()) if (out / RECORDS).exists() else 0
+    print(f"{len(plans)} runs, {args.jobs} at a time: {after - before} new records in {out / RECORDS}; "
+          f"`metazoo report {out}` renders them")
+    if failed:
+        print("metazoo: error: these runs failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -241,6 +270,17 @@ def wall_clock(text: str, now: datetime.datetime | None = None) -> float:
     return (when if when > now else when + datetime.timedelta(days=1)).timestamp()
 
 
+def positive_int(text: str) -> int:
+    """``--jobs``: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return value
+
+
 def until_text(until: float, now: datetime.datetime | None = None) -> str:
     """An ``--until`` time (seconds since the epoch) as the date and time it means, and how far off it is."""
     from .results import duration
@@ -268,6 +308,10 @@ def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
                    help="list the cells, the runs they need (where one has started: its step and best validation) "
                         "and the commands")
     s.add_argument("--zoo", help="also write a model-zoo entry per run here (e.g. experiments/zoo)")
+    s.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="train N runs at once, each a process of its own with OMP_NUM_THREADS threads (where set, "
+                        "else the cores shared out), its output in OUT/logs/<run>.log (default 1: one after another, "
+                        "in this process)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override every cell's config (e.g. train.steps=100 for a smoke test)")
     s.add_argument("--data-root")

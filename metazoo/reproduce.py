@@ -16,6 +16,7 @@ that time; a later call continues. Loading the data and the tests come on top: l
 more ``train.steps`` (``--set train.steps=N``) starts from a copy of the same configuration's shorter run in
 the folder, where there is one (:func:`shorter_run`).
 ``--zoo DIR`` copies each run's tested weights with its config and records into a model-zoo entry.
+``--jobs N`` trains N runs at once, each a ``metazoo reproduce`` process of its own cells (:func:`run_jobs`).
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -220,6 +223,61 @@ def reproduce(cells: list, out: str | Path, budget: float | None = None, device:
     return written
 
 
+def job_threads(jobs: int) -> int:
+    """Threads per run under ``--jobs``: ``OMP_NUM_THREADS`` where it is set, else the cores shared out."""
+    return int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+
+
+def run_jobs(plans: list[Plan], out: Path, flags: list[str], jobs: int, until: float | None = None,
+             poll: float = 1.0) -> list[str]:
+    """``--jobs``: train and test the runs of ``plans`` ``jobs`` at a time, each a ``metazoo reproduce`` process of
+    its own cells with ``flags`` (the call's other options), ``OMP_NUM_THREADS`` threads each (:func:`job_threads`),
+    its output in ``OUT/logs/<run>.log``; each appends its records to ``OUT/records.jsonl`` (one line per write)
+    and its command is the record's. No run starts after ``until``. SIGINT or SIGTERM is passed on to the running
+    processes, which stop with a checkpoint (:class:`~metazoo.errors.Interrupted` then). Returns the runs whose
+    process failed, each with its log."""
+    from .errors import Interrupted
+
+    logs, threads = out / "logs", job_threads(jobs)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    waiting, running, failed, stop = list(plans), {}, [], []
+
+    def forward(signum, frame) -> None:
+        stop.append(signum)
+        for process, _ in running.values():
+            process.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while running or (waiting and not stop):
+            while waiting and len(running) < jobs and not stop:
+                p = waiting.pop(0)
+                if until is not None and time.time() >= until - 10:
+                    LOG.info(f"{p.name}: not started, the --until time has passed (a later call continues it)")
+                    continue
+                log = logs / f"{p.name}.log"
+                command = [sys.executable, "-m", "metazoo.cli", "reproduce", *(c.id for c in p.cells), "-o", str(out),
+                           *flags]
+                with open(log, "w") as handle:
+                    running[p.name] = (subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT),
+                                       log)
+                LOG.info(f"{p.name}: started, {threads} thread(s), output in {log}")
+            time.sleep(poll)
+            for name, (process, log) in list(running.items()):
+                if process.poll() is not None:
+                    del running[name]
+                    LOG.info(f"{name}: {'done' if process.returncode == 0 else f'failed ({process.returncode})'}")
+                    if process.returncode not in (0, 130):
+                        failed.append(f"{name} (exit {process.returncode}; see {log})")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop:
+        raise Interrupted(f"stopped by a signal: the running runs stopped with a checkpoint, and the same command "
+                          f"continues them{' (failed: ' + '; '.join(failed) + ')' if failed else ''}")
+    return failed
+
+
 def run_budget(p: Plan, budget: float | None, until: float | None) -> float:
     """``train.max_minutes`` for this call: ``budget`` (else the config's own), cut by ``until`` (a time since the
     epoch) to the minutes the run has trained so far plus the minutes left until then."""
@@ -306,9 +364,13 @@ def recorded(out: Path) -> list[dict]:
 
 
 def append_record(path: Path, record: dict) -> None:
+    """One line appended to ``path`` under an exclusive lock: under ``--jobs`` several processes append to it."""
+    import fcntl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json_text(record) + "\n")
+    with open(path, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        f.write((json_text(record) + "\n").encode())
 
 
 def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:

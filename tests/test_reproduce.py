@@ -341,3 +341,62 @@ def test_more_steps_continue_a_copy_of_the_shorter_run_and_equal_a_straight_run(
     # a schedule that depends on the budget (linear, to 0 at train.steps) is never continued so
     linear = plan(chosen, out, ["train.steps=8", "optim.schedule=linear"])[0]
     assert shorter_run(linear) is None
+
+
+SMALL = ["--set", "train.steps=2", "--set", "train.val_every=1", "--set", "train.val_episodes=2", "--set",
+         "eval.episodes=3", "--set", "backbone.width=8", "--set", "train.ways=5"]
+
+
+def test_jobs_train_the_runs_side_by_side_each_a_process_with_its_share_of_the_cores(
+        tmp_path, data_root, capsys, monkeypatch):
+    from metazoo.cli import main
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out, selection = tmp_path / "out", ["protonet/omniglot/5w1s", "protonet/omniglot/20w1s", "matching/omniglot/5w1s"]
+    args = ["reproduce", *selection, "--jobs", "2", "-o", str(out), "--data-root", str(data_root), *SMALL]
+    assert main(args) == 0  # two runs (ProtoNet's 1-shot model gives both its cells), at once
+    assert f"2 runs, 2 at a time: 3 new records in {out / RECORDS}" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    assert sorted(r["cell"] for r in records) == sorted(selection)
+    assert {r["threads"] for r in records} == {max(1, os.cpu_count() // 2)}  # the cores shared out
+    protonet = [r for r in records if r["learner"] == "protonet"]
+    assert {r["command"] for r in protonet} == {  # each record's command is its process's: it reruns the run
+        "metazoo reproduce protonet/omniglot/5w1s protonet/omniglot/20w1s -o " + shlex.join(
+            [str(out), "--data-root", str(data_root), *SMALL, "-q"])}
+    runs = sorted(p.name for p in (out / "omniglot").iterdir())
+    assert sorted(p.stem for p in (out / "logs").iterdir()) == runs and len(runs) == 2
+    assert "protonet/omniglot/20w1s: " in (out / "logs" / f"{runs[1]}.log").read_text()
+    stamps = [(out / "omniglot" / name / "last.pt").stat().st_mtime_ns for name in runs]
+    assert main(args) == 0  # all done: nothing trained again
+    assert "2 runs, 2 at a time: 0 new records" in capsys.readouterr().out
+    assert [(out / "omniglot" / name / "last.pt").stat().st_mtime_ns for name in runs] == stamps
+    # a process that fails is named with its log, and the call fails
+    nowhere = ["reproduce", *selection[:1], "--jobs", "2", "-o", str(tmp_path / "bad"), "--data-root",
+               str(tmp_path / "no-data"), *SMALL]
+    assert main(nowhere) == 1
+    (log,) = (tmp_path / "bad" / "logs").iterdir()
+    assert f"metazoo: error: these runs failed: {log.stem} (exit 2; see {log})" in capsys.readouterr().err
+    assert "Omniglot not found" in log.read_text()
+
+
+def test_a_signal_to_a_jobs_call_stops_every_run_with_a_checkpoint_that_the_call_continues(
+        tmp_path, data_root, capsys):
+    from metazoo.cli import main
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "metazoo.cli", "reproduce", "protonet/omniglot/5w1s", "matching/omniglot/5w1s",
+            "--jobs", "2", "-o", str(out), "--data-root", str(data_root), *SMALL, "--set", "train.steps=400",
+            "--set", "train.val_every=3"]
+    parent = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("omniglot/*/last.pt"))) < 2 and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=120) == 130
+    assert "stopped by a signal: the running runs stopped with a checkpoint" in parent.stderr.read()
+    steps = [torch.load(p, weights_only=True)["step"] for p in sorted(out.glob("omniglot/*/last.pt"))]
+    assert len(steps) == 2 and all(3 <= s < 400 for s in steps), steps
+    assert not (out / RECORDS).exists()  # stopped, not tested
+    assert main([*args[3:], "--dry-run"]) == 0  # the same command resumes both
+    assert capsys.readouterr().out.count(": resumes): ") == 2

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Omniglot table cells on one GPU, several at once: each cell is its own `metazoo reproduce` process
-# (one CPU thread each, `--device cuda`, a wall-clock budget), into its own output folder so that no two
-# processes append to one records.jsonl. The runs stop with a checkpoint at the budget and are tested;
-# a later call (here or on a CPU, `--device cpu`) with a larger budget continues them.
+# Omniglot table cells on one GPU, several at once: `metazoo reproduce CELL... --jobs N --device cuda` with N the
+# number of cells, so that each trained model is its own process (one CPU thread each) with a wall-clock budget,
+# all appending to OUT/records.jsonl. The runs stop with a checkpoint at the budget and are tested; a later call
+# (here, or on a CPU with `metazoo reproduce ... --device cpu`) with a larger budget continues them.
 #
 #   experiments/omniglot/gpu_cells.sh OUT BUDGET_MINUTES CELL... [-- REPRODUCE_ARGS...]
 #
 # e.g. experiments/omniglot/gpu_cells.sh runs/gpu 5 maml/omniglot/5w5s fomaml/omniglot/5w5s -- --set eval.episodes=100
-# Each cell's log is OUT/<cell with / as _>.log; its records are OUT/<cell>/records.jsonl.
+# Each run's log is OUT/logs/<run>.log; the records are OUT/records.jsonl.
 # The images are decoded into the cache once, before the cells start. PYTHON (default python3) runs metazoo.
 set -uo pipefail
 if [ $# -lt 3 ]; then
@@ -27,17 +27,9 @@ mkdir -p "$out"
 # one decode for all the cells (the 28x28 cache every Omniglot config but MANN's reads)
 "$python" -c "from metazoo.data import create_dataset; create_dataset('omniglot', split='train')" || exit 2
 start=$(date +%s)
-for cell in "${cells[@]}"; do
-  name=${cell//\//_}
-  OMP_NUM_THREADS=1 "$python" -m metazoo.cli reproduce "$cell" --device cuda --budget "$budget" -o "$out/$name" -q \
-    "${extra[@]}" >"$out/$name.log" 2>&1 &
-done
-status=0
-for job in $(jobs -p); do wait "$job" || status=1; done
+OMP_NUM_THREADS=1 "$python" -m metazoo.cli reproduce "${cells[@]}" --jobs "${#cells[@]}" --device cuda \
+  --budget "$budget" -o "$out" "${extra[@]}"
+status=$?
 echo "gpu_cells: ${#cells[@]} cells in $(( $(date +%s) - start )) s (exit status $status)"
-for cell in "${cells[@]}"; do
-  name=${cell//\//_}
-  result=$(grep -h "after .* steps\|rror" "$out/$name.log" 2>/dev/null | tail -n 1)
-  echo "${result:-$cell: (no result)}"
-done
+grep -h "after .* steps" "$out"/logs/*.log 2>/dev/null
 exit $status
