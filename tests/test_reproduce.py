@@ -400,3 +400,22 @@ def test_a_signal_to_a_jobs_call_stops_every_run_with_a_checkpoint_that_the_call
     assert not (out / RECORDS).exists()  # stopped, not tested
     assert main([*args[3:], "--dry-run"]) == 0  # the same command resumes both
     assert capsys.readouterr().out.count(": resumes): ") == 2
+
+
+def test_jobs_pass_every_option_on_to_their_processes(tmp_path, monkeypatch, capsys):
+    import datetime
+
+    import metazoo.reproduce as module
+    from metazoo.cli import main
+
+    seen = {}
+    monkeypatch.setattr(module, "run_jobs", lambda plans, out, flags, jobs, until: seen.update(
+        runs=[p.name for p in plans], flags=flags, jobs=jobs, until=until) or [])
+    assert main(["reproduce", "protonet/omniglot/5w1s", "matching/omniglot/5w1s", "--jobs", "3", "-o", str(tmp_path),
+                 "--budget", "2.5", "--until", "23:59", "--device", "cpu", "--zoo", "Z", "--data-root", "D",
+                 "--plugin", "tests.plugin_learner", "--set", "train.steps=7"]) == 0
+    until = datetime.datetime.fromtimestamp(seen["until"]).isoformat(timespec="seconds")
+    assert until.endswith("T23:59:00") and seen["jobs"] == 3 and len(seen["runs"]) == 2
+    assert seen["flags"] == ["--budget", "2.5", "--until", until, "--device", "cpu", "--zoo", "Z", "--data-root", "D",
+                             "--plugin", "tests.plugin_learner", "--set", "train.steps=7", "-q"]
+    assert "2 runs, 3 at a time: 0 new records" in capsys.readouterr().out
