@@ -232,9 +232,11 @@ def run_jobs(plans: list[Plan], out: Path, flags: list[str], jobs: int, until: f
              poll: float = 1.0) -> list[str]:
     """``--jobs``: train and test the runs of ``plans`` ``jobs`` at a time, each a ``metazoo reproduce`` process of
     its own cells with ``flags`` (the call's other options), ``OMP_NUM_THREADS`` threads each (:func:`job_threads`),
-    its output in ``OUT/logs/<run>.log``; each appends its records to ``OUT/records.jsonl`` (one line per write)
-    and its command is the record's. No run starts after ``until``. SIGINT or SIGTERM is passed on to the running
-    processes, which stop with a checkpoint (:class:`~metazoo.errors.Interrupted` then). Returns the runs whose
+    its output in ``OUT/logs/<run>.log``; each appends its records to ``OUT/records.jsonl`` (one locked line at a
+    time) and its command is the record's. No run starts after ``until``. SIGINT or SIGTERM is passed on, once, to
+    the running processes (each in a session of its own, so a terminal's Ctrl-C does not reach them twice: a second
+    signal would stop a run without its checkpoint), which stop with a checkpoint (:class:`~metazoo.errors.Interrupted`
+    then). Returns the runs whose
     process failed, each with its log."""
     from .errors import Interrupted
 
@@ -258,9 +260,9 @@ def run_jobs(plans: list[Plan], out: Path, flags: list[str], jobs: int, until: f
                 log = logs / f"{p.name}.log"
                 command = [sys.executable, "-m", "metazoo.cli", "reproduce", *(c.id for c in p.cells), "-o", str(out),
                            *flags]
-                with open(log, "w") as handle:
-                    running[p.name] = (subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT),
-                                       log)
+                with open(log, "w") as handle:  # a session of its own: a terminal's Ctrl-C reaches it once, from here
+                    running[p.name] = (subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                                        start_new_session=True), log)
                 LOG.info(f"{p.name}: started, {threads} thread(s), output in {log}")
             time.sleep(poll)
             for name, (process, log) in list(running.items()):

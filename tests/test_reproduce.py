@@ -388,13 +388,15 @@ def test_a_signal_to_a_jobs_call_stops_every_run_with_a_checkpoint_that_the_call
             "--jobs", "2", "-o", str(out), "--data-root", str(data_root), *SMALL, "--set", "train.steps=400",
             "--set", "train.val_every=3"]
     parent = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, start_new_session=True)
     deadline = time.time() + 120
     while len(list(out.glob("omniglot/*/last.pt"))) < 2 and time.time() < deadline and parent.poll() is None:
         time.sleep(0.05)
-    parent.send_signal(signal.SIGTERM)
+    os.killpg(parent.pid, signal.SIGINT)  # a terminal's Ctrl-C: the parent's process group
     assert parent.wait(timeout=120) == 130
     assert "stopped by a signal: the running runs stopped with a checkpoint" in parent.stderr.read()
+    for log in (out / "logs").iterdir():  # each run got the signal once, so it stopped at a step with a checkpoint
+        assert "by a signal, with a checkpoint; continue with --resume" in log.read_text(), log.read_text()[-2000:]
     steps = [torch.load(p, weights_only=True)["step"] for p in sorted(out.glob("omniglot/*/last.pt"))]
     assert len(steps) == 2 and all(3 <= s < 400 for s in steps), steps
     assert not (out / RECORDS).exists()  # stopped, not tested
