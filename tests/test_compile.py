@@ -92,6 +92,7 @@ def test_train_compile_compiles_the_training_step_resumes_either_way_and_keeps_t
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
     meta_train(online(steps=6), tmp_path / "run", progress=False, resume=True, test=False)  # resumes without it
     assert calls == ["sequence"] * 4
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
     assert training_key(online(compile=True)) == training_key(online())  # not part of the run's identity
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="metazoo"):
