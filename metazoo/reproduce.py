@@ -177,9 +177,13 @@ def continue_shorter(p: Plan) -> None:
 def standing(p: Plan) -> str:
     """Where the run stands, from its last checkpoint: ``to train``, ``at step 4000 of 20000 after 20 min of
     training (0.30 s a step: about 80 min more at that pace), best validation 97.10% at step 3000: resumes``
-    (stopped by a budget, ``--until`` or a signal), or ``finished at step ...``. The pace is the training time
-    so far (validation included) over the steps, for choosing the next ``--budget`` or ``--until``."""
+    (stopped by a budget, ``--until`` or a signal), ``...: training now (process 1234)`` where another process holds
+    the run (:meth:`RunLock.holder`), or ``finished at step ...``. The pace is the training time so far
+    (validation included) over the steps, for choosing the next ``--budget`` or ``--until``."""
     if not (p.run_dir / LAST).exists():
+        holder = RunLock.holder(p.run_dir)
+        if holder is not None:
+            return f"training now (process {holder}), no checkpoint yet"
         source = shorter_run(p)
         return "to train" if source is None else \
             f"to train from a copy of {source} (step {load_checkpoint(source / LAST)['step']})"
@@ -193,7 +197,9 @@ def standing(p: Plan) -> str:
     if seconds and step:
         pace = seconds / step
         spent += f" ({pace:.2f} s a step: about {duration(pace * (p.config.train.steps - step))} more at that pace)"
-    return f"at step {step} of {p.config.train.steps}{spent}{seen}: resumes"
+    holder = RunLock.holder(p.run_dir)
+    return f"at step {step} of {p.config.train.steps}{spent}{seen}: " + \
+        (f"training now (process {holder})" if holder is not None else "resumes")
 
 
 def finished(p: Plan) -> bool:

@@ -209,6 +209,24 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         self.file.close()  # closing releases the lock
 
+    @staticmethod
+    def holder(run_dir: Path, locks: Path = Path("/proc/locks")) -> int | None:
+        """The process training in ``run_dir`` now (the pid holding its lock), found without taking the lock
+        (which, even for an instant, could make a trainer starting then refuse the run): from the kernel's table
+        of held locks (Linux's ``/proc/locks``). None where no process holds it, and where the system keeps no
+        such table (elsewhere than Linux: unknown)."""
+        try:
+            stat = (run_dir / ".lock").stat()
+            table = locks.read_text()
+        except OSError:
+            return None
+        where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+        for line in table.splitlines():  # "1: FLOCK  ADVISORY  WRITE 28805 fe:00:5309376 0 EOF"
+            fields = line.split()
+            if "->" not in fields and len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
+                return int(fields[4])  # (a waiter's line has "->"; the trainer never waits)
+        return None
+
 
 @contextlib.contextmanager
 def stop_on_signals(run):

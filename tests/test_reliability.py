@@ -129,6 +129,25 @@ def test_two_processes_on_one_run_directory_are_refused(tmp_path, data_root):
     meta_train(tiny(data_root), run, progress=False, test=False)  # free again
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="the kernel's lock table is Linux's")
+def test_the_process_training_in_a_run_is_found_without_taking_its_lock(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert RunLock.holder(run) is None  # no lock file
+    with RunLock(run):
+        assert RunLock.holder(run) == os.getpid()
+        assert RunLock.holder(tmp_path) is None
+    assert RunLock.holder(run) is None  # the file stays, the lock is gone
+    ino = (run / ".lock").stat()
+    where = f"{os.major(ino.st_dev):02x}:{os.minor(ino.st_dev):02x}:{ino.st_ino}"
+    table = tmp_path / "locks"  # a waiter's line and other files' locks are not the holder
+    table.write_text(f"1: POSIX  ADVISORY  WRITE 11 {where} 0 EOF\n2: FLOCK  ADVISORY  WRITE 12 {where}9 0 EOF\n"
+                     f"3: FLOCK  ADVISORY  WRITE 13 {where} 0 EOF\n3: -> FLOCK  ADVISORY  WRITE 14 {where} 0 EOF\n")
+    assert RunLock.holder(run, table) == 13
+    table.write_text(f"3: -> FLOCK  ADVISORY  WRITE 14 {where} 0 EOF\n")
+    assert RunLock.holder(run, table) is None
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_checkpoint_and_say_how_to_resume(tmp_path, data_root, signum):
     run = tmp_path / "run"

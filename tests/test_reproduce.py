@@ -21,7 +21,7 @@ from metazoo.published import cells
 from metazoo.config import load_config
 from metazoo.reproduce import (CHECK, RECORDS, describe, plan, reproduce, run_budget, shorter_run, to_zoo,
                                training_key)
-from metazoo.run import load_run
+from metazoo.run import RunLock, load_run
 from metazoo.trainer import test_run as evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,9 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
         r"\d+\.\d\d s a step: about [\dh min]+ more at that pace\)"  # ... and the rest's time (by hand below)
     assert re.search(re.escape(f"{plan(chosen, out)[0].run_dir} (at step {state['step']} of 1000000") + spent
                      + re.escape(f"{seen}: resumes)"), describe(plan(chosen, out), None))
+    if Path("/proc/locks").exists():  # ... or that another process trains it now
+        with RunLock(plan(chosen, out)[0].run_dir):
+            assert f"{seen}: training now (process {os.getpid()}))" in describe(plan(chosen, out), None)
 
     # a later call: the run's budget is what it trained plus the minutes left, and --budget still caps it
     p = plan(chosen, out)[0]
