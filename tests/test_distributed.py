@@ -242,3 +242,33 @@ def test_a_rank_that_dies_stops_the_other_with_one_line_and_the_run_resumes_from
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]  # step 3 of the dead session: gone
     assert json.loads((run / "result.json").read_text())["device"] == "2 x cpu"
+
+
+def test_two_machines_with_a_rendezvous_train_the_weights_one_process_does(runs, tmp_path, data_root):
+    """docs/distributed.md's several-machines command, both "machines" here: two torchrun launchers of one process
+    each (``--nnodes=2``, a c10d rendezvous), so each process is local rank 0 of its machine and global rank 0 or
+    1, in one run directory (the shared storage); rank 0 alone writes, and the weights are one process's."""
+    (tmp_path / "run.toml").write_text(dump_toml(tiny(data_root, "protonet")))
+    run, port = tmp_path / "run", free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-machines",
+               "-m", "metazoo.cli", "train", str(tmp_path / "run.toml"), "-o", str(run), "-q"]
+    machines = [subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                for _ in range(2)]
+    outputs = []
+    for p in machines:
+        try:
+            outputs.append(p.communicate(timeout=90)[0])
+        except subprocess.TimeoutExpired:
+            for q in machines:
+                os.killpg(q.pid, signal.SIGKILL)
+            raise AssertionError("a machine's torchrun still ran after 90 s: a process hung") from None
+    assert [p.returncode for p in machines] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    one, two = weights(runs / "one" / "protonet"), weights(run)
+    assert one.keys() == two.keys() and one
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, STEPS + 1))  # rank 0 alone wrote
+    assert json.loads((run / "result.json").read_text())["device"] == "2 x cpu"  # tested across both
