@@ -344,7 +344,7 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
         "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),
-        "device": str(resolve_device(t.device)), "amp": t.amp,
+        "device": str(resolve_device(t.device)), "amp": t.amp, "compile": t.compile,
         "threads": torch.get_num_threads(), "version": __version__, "commit": git_commit(),
         "command": command_line(), "run": run, "checkpoint": "kept",
         "date": datetime.date.today().isoformat(), "note": "",

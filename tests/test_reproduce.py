@@ -92,6 +92,7 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
     assert records[1]["protocol"]["ways"] == 20 and records[0]["paper"]["value"] == 98.8
     assert records[0]["protocol"]["train"] == {"split": "train", "ways": 5, "shots": 1, "queries": 2,
                                                "meta_batch_size": 1, "steps": 4}
+    assert records[0]["compile"] is False
     for key in ("version", "commit", "command", "train_seconds", "test_seconds", "device", "amp", "date"):
         assert key in records[0]
     last = plans[0].run_dir / "last.pt"
