@@ -99,8 +99,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .published import cells
     from .registry import load_plugins
-    from .reproduce import describe, job_threads, plan, reproduce
+    from .reproduce import describe, follow_parent, job_threads, plan, reproduce
 
+    follow_parent()  # one of a --jobs call's processes: it stops with the call
     load_plugins(args.plugin)
     chosen = cells(args.selection)
     if args.until is not None:  # HH:MM already past today means tomorrow: say which, before hours of training

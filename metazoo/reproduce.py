@@ -234,6 +234,24 @@ def job_threads(jobs: int) -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
 
 
+JOBS_PARENT = "METAZOO_JOBS_PARENT"  # set by run_jobs in its processes' environment: the call's process id
+
+
+def follow_parent() -> None:
+    """In a ``--jobs`` process (:data:`JOBS_PARENT` in its environment): the kernel sends it SIGTERM when the call's
+    process dies, however it dies (SIGKILL, a closed terminal's SIGHUP), so that its run stops with a checkpoint
+    rather than training on alone (Linux's ``PR_SET_PDEATHSIG``; elsewhere it trains on to its budget)."""
+    parent = os.environ.pop(JOBS_PARENT, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        LOG.warning(f"--jobs: cannot ask to be stopped with the call's process (errno {ctypes.get_errno()})")
+    elif os.getppid() != int(parent):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_jobs(plans: list[Plan], out: Path, flags: list[str], jobs: int, until: float | None = None,
              poll: float = 1.0) -> list[str]:
     """``--jobs``: train and test the runs of ``plans`` ``jobs`` at a time, each a ``metazoo reproduce`` process of
@@ -242,13 +260,13 @@ def run_jobs(plans: list[Plan], out: Path, flags: list[str], jobs: int, until: f
     time) and its command is the record's. No run starts after ``until``. SIGINT or SIGTERM is passed on, once, to
     the running processes (each in a session of its own, so a terminal's Ctrl-C does not reach them twice: a second
     signal would stop a run without its checkpoint), which stop with a checkpoint (:class:`~metazoo.errors.Interrupted`
-    then). Returns the runs whose
-    process failed, each with its log."""
+    then); where this process dies without passing a signal on (SIGKILL), they get SIGTERM (:func:`follow_parent`).
+    Returns the runs whose process failed, each with its log."""
     from .errors import Interrupted
 
     logs, threads = out / "logs", job_threads(jobs)
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), JOBS_PARENT: str(os.getpid())}
     waiting, running, failed, stop = list(plans), {}, [], []
 
     def forward(signum, frame) -> None:

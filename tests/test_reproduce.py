@@ -408,6 +408,34 @@ def test_a_signal_to_a_jobs_call_stops_every_run_with_a_checkpoint_that_the_call
     assert capsys.readouterr().out.count(": resumes): ") == 2
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_jobs_call_killed_outright_still_stops_its_runs_with_a_checkpoint(tmp_path, data_root):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "metazoo.cli", "reproduce", "protonet/omniglot/5w1s", "matching/omniglot/5w1s",
+            "--jobs", "2", "-o", str(out), "--data-root", str(data_root), *SMALL, "--set", "train.steps=100000",
+            "--set", "train.val_every=3"]
+    parent = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("omniglot/*/last.pt"))) < 2 and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.05)
+    runs = sorted(path.parent for path in out.glob("omniglot/*/last.pt"))
+    trainers = [RunLock.holder(run) for run in runs]
+    assert len(runs) == 2 and None not in trainers
+    parent.kill()  # SIGKILL: nothing is passed on by the call itself
+    parent.wait()
+    while any(RunLock.holder(run) for run in runs) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in map(RunLock.holder, runs) if pid is not None]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a run trains on after its call was killed"
+    for log in (out / "logs").iterdir():
+        assert "by a signal, with a checkpoint; continue with --resume" in log.read_text(), log.read_text()[-2000:]
+    steps = [torch.load(run / "last.pt", weights_only=True)["step"] for run in runs]
+    assert all(3 <= s < 100000 for s in steps), steps
+
+
 def test_jobs_pass_every_option_on_to_their_processes(tmp_path, monkeypatch, capsys):
     import datetime
 
