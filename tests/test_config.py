@@ -171,18 +171,23 @@ def test_replace_drops_the_bases_keys_of_the_tables_it_names(tmp_path):
 
 
 def test_the_mann_online_config_is_the_paper_input_and_the_pinned_old_one_is_conv4():
-    """The cell moved to raw pixels, then to the paper's optimiser and our measured budget; its old Conv-4 runs
-    (Adam 1e-3, 20000 steps) are what the records' amended commands pin."""
+    """The cell moved to raw pixels, then to the paper's optimiser and our measured budget, then to the paper's
+    1200 training characters drawn at random and its augmentation; its old Conv-4 runs (Adam 1e-3, 20000 steps, the
+    Vinyals split) are what the records' amended commands pin."""
     from metazoo.reproduce import training_key
 
     config = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml")
-    assert config.backbone == {"name": "pixels"} and config.data.options == {"image_size": 20}
+    assert config.backbone == {"name": "pixels"}
+    assert config.data.options == {"image_size": 20, "character_split": "random"}
     optim = config.optim
     assert (optim.name, optim.lr, optim.alpha, optim.momentum) == ("rmsprop", 1e-4, 0.95, 0.9)
-    assert config.train.steps == 60000
+    t = config.train
+    assert (t.steps, t.split, t.translate, t.rotate, config.eval.checkpoint) == (60000, "trainval", 2, 10, "last")
+    assert training_key(config) == "dcf6fca0"  # runs/reproduce_ra21/omniglot/mann_5w1s-dcf6fca0, the cell's record
     old = load_config(REPO / "experiments" / "omniglot" / "mann_online.toml",
                       ['backbone={name="conv4",width=64}', "data.options={}", "train.val_every=500", "optim.name=adam",
-                       "optim.lr=0.001", "optim.alpha=0.99", "train.steps=20000"])
+                       "optim.lr=0.001", "optim.alpha=0.99", "train.steps=20000", "train.split=train",
+                       "train.translate=0", "train.rotate=0", "eval.checkpoint=best"])
     assert old.backbone == {"name": "conv4", "width": 64} and old.data.options == {}
     assert training_key(old) == "03dad32e"  # runs/slot2_mann/omniglot/mann_5w1s-03dad32e, the Conv-4 record's run
 
