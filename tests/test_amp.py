@@ -75,6 +75,26 @@ def test_a_fine_tuned_head_is_fitted_in_float32_under_autocast():
     assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
 
 
+def test_relation_scores_stay_float32_under_autocast_so_near_matches_do_not_tie():
+    """Relation's head and sigmoid run in float32 under bfloat16 autocast: scores near 1 (a trained model's best
+    matches) are 2**-8 apart in bfloat16, so they would round into ties at the argmax."""
+    from metazoo.backbones import Conv4
+    from metazoo.learners import RelationNet
+
+    torch.manual_seed(0)
+    relation = RelationNet(Conv4(width=8, downsample_blocks=2)).relation.eval()
+    with torch.no_grad():
+        relation.head[2].bias.fill_(6.0)  # every pair scores near sigmoid(6) = 0.9975, a little apart
+    class_maps, query_maps = torch.randn(5, 8, 7, 7), torch.randn(3, 8, 7, 7)
+    with autocast("cpu", "bf16"):
+        scores = relation(class_maps, query_maps)
+    assert scores.dtype == torch.float32 and scores.shape == (3, 5)
+    assert all(len(set(row.tolist())) == 5 for row in scores)  # five different scores a query: no ties
+    assert ((scores > 0.99) & (scores < 1)).all()
+    rounded = scores.bfloat16()  # what a bfloat16 head's sigmoid gives at best: the ties this avoids
+    assert all(len(set(row.tolist())) < 5 for row in rounded)
+
+
 def test_sound_learners_take_a_bf16_step_with_finite_float32_gradients(omniglot):
     """Every learner that accepts bf16 (all but lstm and mann) runs a training step under autocast."""
     from metazoo.data import EpisodeSampler

@@ -47,14 +47,21 @@ class RelationModule(nn.Module):
         (up to float rounding) at ``(n + ways) / (n * ways)`` of that convolution's cost, which
         dominated a step (tests/test_metric_learners.py checks it against the concatenated pairs).
         Pair ``i * ways + k`` of the BatchNorm's batch is query ``i`` with class ``k``.
+
+        The fully connected head and its sigmoid run in float32 even under bfloat16 autocast (``train.amp``):
+        a trained model scores its best matches near 1, where bfloat16's values are 2**-8 apart, so a query's
+        best classes would round into ties at the argmax (docs/results.md, Relation 5w1s in bfloat16). The
+        head is two small linear layers, a negligible part of the step.
         """
         conv, channels = self.blocks[0][0], class_maps.shape[1]
         per_class = F.conv2d(class_maps, conv.weight[:, :channels], None, conv.stride, conv.padding, conv.dilation)
         per_query = F.conv2d(query_maps, conv.weight[:, channels:], conv.bias, conv.stride, conv.padding,
                              conv.dilation)
         pairs = (per_query[:, None] + per_class[None]).flatten(0, 1)  # (n * ways, channels, h, w)
-        hidden = self.blocks[1:](self.blocks[0][1:](pairs))
-        return self.head(hidden.flatten(1)).view(len(query_maps), len(class_maps))
+        hidden = self.blocks[1:](self.blocks[0][1:](pairs)).flatten(1)
+        with torch.autocast(hidden.device.type, enabled=False):
+            scores = self.head(hidden.float())
+        return scores.view(len(query_maps), len(class_maps))
 
 
 class RelationClassifier:
