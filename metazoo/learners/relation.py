@@ -59,8 +59,8 @@ class RelationModule(nn.Module):
                              conv.dilation)
         pairs = (per_query[:, None] + per_class[None]).flatten(0, 1)  # (n * ways, channels, h, w)
         hidden = self.blocks[1:](self.blocks[0][1:](pairs)).flatten(1)
-        with torch.autocast(hidden.device.type, enabled=False):
-            scores = self.head(hidden.float())
+        with torch.autocast(hidden.device.type, enabled=False):  # the head in its weights' dtype (float32)
+            scores = self.head(hidden.to(self.head[0].weight.dtype))
         return scores.view(len(query_maps), len(class_maps))
 
 
