@@ -51,7 +51,7 @@ class RelationModule(nn.Module):
         The fully connected head and its sigmoid run in float32 even under bfloat16 autocast (``train.amp``):
         a trained model scores its best matches near 1, where bfloat16's values are 2**-8 apart, so a query's
         best classes would round into ties at the argmax (docs/results.md, Relation 5w1s in bfloat16). The
-        head is two small linear layers, a negligible part of the step.
+        head is two small linear layers: under 0.1% of the relation module's multiply-adds on Omniglot 5-way.
         """
         conv, channels = self.blocks[0][0], class_maps.shape[1]
         per_class = F.conv2d(class_maps, conv.weight[:, :channels], None, conv.stride, conv.padding, conv.dilation)
