@@ -139,7 +139,8 @@ class TrainConfig:
                 "either way, to float rounding: not part of a run's identity, and a run may resume with another.")
     compile: bool = setting(False, "Compile (`torch.compile`) the parts of the training step that its learner "
                                    "declares faster compiled (MANN in its own protocol: the recurrence, 1.56x a "
-                                   "step on the CPU, docs/benchmarks.md (h)), for the training steps only: the "
+                                   "step on the CPU; first-order MAML: its tasks' adaptation and loss, 1.07-1.41x; "
+                                   "docs/benchmarks.md (h)), for the training steps only: the "
                                    "first step compiles (4-5 minutes for MANN's 50 unrolled steps on a CPU core, "
                                    "less from inductor's disk cache), validation and tests stay eager. Learners "
                                    "that declare nothing train as without it. The same maths to float rounding: "

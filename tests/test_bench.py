@@ -394,6 +394,8 @@ def test_sequence_table_times_both_paths_of_a_real_config(data_root, capsys):
     assert bench.parse(["--only", "sequence"]).sequence_configs == list(bench.sequence.DEFAULT)
     with pytest.raises(SystemExit):
         bench.parse(["--sequence-configs", "snail_10w1s"])
+    args = bench.parse(["--sequence-configs", "fomaml_5w5s", "--sequence-amp", "bf16"])  # first-order MAML too
+    assert (args.sequence_configs, args.sequence_amp) == (["fomaml_5w5s"], "bf16")
     assert bench.main(["--only", "sequence", "--sequence-configs", "lstm_5w1s", "--sequence-repeats", "1",
                        "--warmup", "0", "--data-root", str(data_root)]) == 0
     title = "## (h) Sequence learners: the meta-batch as one batch vs one episode at a time"

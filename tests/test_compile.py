@@ -41,6 +41,29 @@ def test_compiled_mann_step_gives_the_eager_loss_and_gradients():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # a real compilation of a first-order inner loop and its backward: about 10-30 s on one CPU core
+def test_compiled_first_order_maml_step_gives_the_eager_loss_and_gradients():
+    from torch._dynamo.utils import counters
+
+    from .test_learners import episode as toy_episode
+
+    torch.manual_seed(0)
+    learner = create_learner("maml", backbone=dict(BACKBONE), ways=3, first_order=True).train()
+    episodes = [toy_episode(index=i) for i in range(4)]  # one group of 4 same-shape tasks
+    eager = copy.deepcopy(learner)
+    assert learner.compile_training() == ("group_loss",)
+    before = counters["stats"]["unique_graphs"]
+    loss, grads = loss_and_gradients(learner, episodes)
+    assert counters["stats"]["unique_graphs"] > before  # the step did run compiled
+    want_loss, want_grads = loss_and_gradients(eager, episodes)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(want_grads) > 0
+    for got, want in zip(grads, want_grads):  # (a convolution's bias before BatchNorm: a gradient of 0 in exact
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # arithmetic, about 1e-6 in float32's)
+    second_order = create_learner("maml", backbone=dict(BACKBONE), ways=3)  # no double backward when compiled
+    assert second_order.compile_training() == ()
+
+
 def recording_compile(monkeypatch) -> list[str]:
     """torch.compile replaced by a pass-through that records which function each call of a compiled form runs."""
     calls = []

@@ -97,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
                                            f"{','.join(sequence.CONFIGS)} (default: {','.join(sequence.DEFAULT)})")
     p.add_argument("--sequence-steps", type=int, default=1, help="sequence: training steps per timed block")
     p.add_argument("--sequence-repeats", type=int, default=3, help="sequence: timed blocks per contender")
+    p.add_argument("--sequence-amp", choices=("off", "bf16"), default="off",
+                   help="sequence: the steps' arithmetic, as train.amp (default off: float32)")
     p.add_argument("--layout-configs", type=names(tuple(layout.CONFIGS)), default=list(layout.DEFAULT),
                    metavar="CONFIGS", help="rows of the layout table, comma-separated from "
                                            f"{','.join(layout.CONFIGS)} (default: all but caltech101's)")

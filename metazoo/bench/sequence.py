@@ -1,4 +1,5 @@
-"""Table (h): a sequence learner's meta-batch run as one batch against one episode at a time.
+"""Table (h): a sequence learner's meta-batch run as one batch against one episode at a time (and first-order
+MAML's, its tasks adapted as one batch or one at a time: ``fomaml_*``, named with ``--sequence-configs``).
 
 For each configuration of the Omniglot table's black-box cells (``experiments/omniglot/{snail,mann,lstm}_*``,
 as ``metazoo train`` resolves them), one training step's forward and backward pass over a meta-batch of real
@@ -19,19 +20,21 @@ import copy
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..objective import autocast
 from .common import interleaved_medians, objective_and_batch, repeat, seconds, table, warm_up
 from .scaling import repo_file
 
 CONFIGS = {f"{name}_{cell}": f"experiments/omniglot/{name}_{cell}.toml"
            for name in ("snail", "mann", "lstm") for cell in ("5w1s", "5w5s", "20w1s", "20w5s")}
 CONFIGS["mann_online"] = "experiments/omniglot/mann_online.toml"
+CONFIGS.update({f"fomaml_{cell}": f"experiments/omniglot/fomaml_{cell}.toml" for cell in ("5w1s", "5w5s")})
 DEFAULT = ("snail_5w1s", "snail_5w5s", "snail_20w1s", "snail_20w5s", "mann_5w1s", "mann_20w5s", "mann_online")
 HEADER = ["configuration", "meta-batch", "batched s/step", "one at a time s/step", "speed-up", "compiled s/step",
           "compile speed-up", "compiling s"]
 
 
-def blocks(config_path: Path, root: Path, steps: int,
-           seed: int = 0) -> tuple[dict[str, Callable[[], None]], str, float | None]:
+def blocks(config_path: Path, root: Path, steps: int, seed: int = 0,
+           amp: str = "off") -> tuple[dict[str, Callable[[], None]], str, float | None]:
     """The contenders (``steps`` forward + backward passes each) of one configuration, its meta-batch as text,
     and the seconds of the compiled contender's first step (None where the learner declares nothing to compile)."""
     from ..learners.base import Learner
@@ -41,7 +44,9 @@ def blocks(config_path: Path, root: Path, steps: int,
     def step(model, meta_loss: Callable) -> Callable[[], None]:
         def run() -> None:
             model.zero_grad()
-            meta_loss(episodes)[0].backward()
+            with autocast("cpu", amp):
+                loss = meta_loss(episodes)[0]
+            loss.backward()
         return run
 
     contenders = {"batched": step(learner, learner.meta_loss),
@@ -57,10 +62,11 @@ def blocks(config_path: Path, root: Path, steps: int,
     return {name: repeat(block, steps) for name, block in contenders.items()}, size, compiling
 
 
-def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int) -> list[list[str]]:
+def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int,
+         amp: str = "off") -> list[list[str]]:
     out = []
     for name in names:
-        contenders, size, compiling = blocks(repo_file(CONFIGS[name]), root, steps)
+        contenders, size, compiling = blocks(repo_file(CONFIGS[name]), root, steps, amp=amp)
         warm_up(contenders, warmup)
         median = interleaved_medians(contenders, repeats)
         batched, alone = median["batched"] / steps, median["alone"] / steps
@@ -75,10 +81,13 @@ def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int
 def report(root: Path, args: argparse.Namespace) -> str:
     """Table (h) with its protocol line."""
     names = args.sequence_configs
-    body = table(HEADER, rows(names, root, args.sequence_steps, args.sequence_repeats, args.warmup))
+    body = table(HEADER, rows(names, root, args.sequence_steps, args.sequence_repeats, args.warmup,
+                              args.sequence_amp))
+    arithmetic = ", under bfloat16 autocast" if args.sequence_amp == "bf16" else ""
     return (f"## (h) Sequence learners: the meta-batch as one batch vs one episode at a time\n\n{body}\n\n"
             f"Forward + backward of one training step on real Omniglot training episodes (the config's meta-batch, "
-            f"training mode), median of {args.sequence_repeats} blocks of {args.sequence_steps} step(s) after "
+            f"training mode{arithmetic}), median of {args.sequence_repeats} blocks of {args.sequence_steps} step(s) "
+            f"after "
             f"{args.warmup} warm-up block(s), the contenders taking turns; compiled: the batched step under "
             f"train.compile (where the learner declares what to compile), its speed-up over the batched step, and "
             f"the seconds of its first step, which compiles.\n")
