@@ -41,7 +41,7 @@ def test_compiled_mann_step_gives_the_eager_loss_and_gradients():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.slow  # a real compilation of a first-order inner loop and its backward: about 10-30 s on one CPU core
+@pytest.mark.slow  # a real compilation of a first-order inner loop and its backward: 15-60 s on one CPU core
 def test_compiled_first_order_maml_step_gives_the_eager_loss_and_gradients():
     from torch._dynamo.utils import counters
 
