@@ -23,14 +23,13 @@ def loss_and_gradients(learner, episodes):
     return loss.detach(), [p.grad.clone() for p in learner.parameters() if p.grad is not None]
 
 
-@pytest.mark.slow  # a real compilation of a short unrolled recurrence: about 20-60 s on one CPU core
-def test_compiled_mann_step_gives_the_eager_loss_and_gradients():
+def assert_compiled_step_matches_eager(learner, episodes, targets, grad_atol=1e-6):
+    """``learner.compile_training()`` declares ``targets``, its step runs compiled, and gives the loss and every
+    gradient of an eager copy of the same weights, to float rounding."""
     from torch._dynamo.utils import counters
 
-    learner = build("mann", online=True, **TINY["mann"]).train()
-    episodes = [episode(shots=1, queries=1, index=i) for i in range(2)]  # online: 2 sequences of 6 steps
     eager = copy.deepcopy(learner)
-    assert learner.compile_training() == ("sequence",)
+    assert learner.compile_training() == targets
     before = counters["stats"]["unique_graphs"]
     loss, grads = loss_and_gradients(learner, episodes)
     assert counters["stats"]["unique_graphs"] > before  # the step did run compiled
@@ -38,28 +37,25 @@ def test_compiled_mann_step_gives_the_eager_loss_and_gradients():
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
     assert len(grads) == len(want_grads) > 0
     for got, want in zip(grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=grad_atol)
+
+
+@pytest.mark.slow  # a real compilation of a short unrolled recurrence: about 20-60 s on one CPU core
+def test_compiled_mann_step_gives_the_eager_loss_and_gradients():
+    learner = build("mann", online=True, **TINY["mann"]).train()
+    episodes = [episode(shots=1, queries=1, index=i) for i in range(2)]  # online: 2 sequences of 6 steps
+    assert_compiled_step_matches_eager(learner, episodes, ("sequence",))
 
 
 @pytest.mark.slow  # a real compilation of a first-order inner loop and its backward: 15-60 s on one CPU core
 def test_compiled_first_order_maml_step_gives_the_eager_loss_and_gradients():
-    from torch._dynamo.utils import counters
-
     from .test_learners import episode as toy_episode
 
     torch.manual_seed(0)
     learner = create_learner("maml", backbone=dict(BACKBONE), ways=3, first_order=True).train()
     episodes = [toy_episode(index=i) for i in range(4)]  # one group of 4 same-shape tasks
-    eager = copy.deepcopy(learner)
-    assert learner.compile_training() == ("group_loss",)
-    before = counters["stats"]["unique_graphs"]
-    loss, grads = loss_and_gradients(learner, episodes)
-    assert counters["stats"]["unique_graphs"] > before  # the step did run compiled
-    want_loss, want_grads = loss_and_gradients(eager, episodes)
-    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
-    assert len(grads) == len(want_grads) > 0
-    for got, want in zip(grads, want_grads):  # (a convolution's bias before BatchNorm: a gradient of 0 in exact
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # arithmetic, about 1e-6 in float32's)
+    # (a convolution's bias before BatchNorm has a gradient of 0 in exact arithmetic, about 1e-6 in float32's)
+    assert_compiled_step_matches_eager(learner, episodes, ("group_loss",), grad_atol=1e-5)
     second_order = create_learner("maml", backbone=dict(BACKBONE), ways=3)  # no double backward when compiled
     assert second_order.compile_training() == ()
 
