@@ -24,6 +24,7 @@ import copy
 import datetime
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, registry
 from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
 from .build import resolve_device
@@ -93,8 +94,22 @@ def training_key(config: Config) -> str:
             for name in (key, *dependent):
                 values[section].pop(name, None)
     values["data"].pop("root")
+    values["data"]["options"] = _without_defaults(config.data.dataset, values["data"]["options"])
     values["eval_checkpoint"] = config.eval.checkpoint  # which weights are tested is part of the model
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _without_defaults(dataset: str, options: dict) -> dict:
+    """``options`` less those at the dataset constructor's default: a config that spells out a default (as an
+    earlier run's command pins a setting that a config has since changed) trains the run of the config that
+    leaves it out."""
+    try:
+        factory = registry.REGISTRIES["datasets"].get_factory(dataset)
+    except (ImportError, AttributeError):  # left to fail, with its own error, when the dataset is built
+        return options
+    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
 
 
 def plan(cells: list, out: Path, overrides: list[str] = ()) -> list[Plan]:

@@ -256,6 +256,20 @@ def test_iteration_table_runs_on_a_tiny_budget(data_root, capsys, monkeypatch):
     assert "get_tasksets('omniglot'" in out and "after 0 warm-up block(s)" in out
 
 
+def test_the_learn2learn_tables_train_metazoo_on_the_vinyals_characters_as_learn2learn(data_root, tmp_path):
+    """Tables (e) and (f) set learn2learn on the Vinyals characters: metazoo's side of a row is pinned there too,
+    though MAML's config draws MAML's own split (since 2026-12-06)."""
+    from metazoo.bench import iteration, race
+    from metazoo.bench.scaling import repo_file
+    from metazoo.config import load_config
+
+    assert load_config(repo_file(iteration.CONFIGS["maml"])).data.options["character_split"] == "random"
+    _, train_set = iteration.resolved("maml", [], data_root)
+    assert train_set.info["split"] == "vinyals" and train_set.info["characters"] == 1028
+    command = race.session_command("maml", tmp_path / "run", data_root, 1.0, ["train.ways=20"], resume=False)
+    assert command[command.index("data.options.character_split=vinyals") - 1] == "--set"
+
+
 def test_race_runs_on_a_tiny_budget(data_root, capsys, monkeypatch, tmp_path):
     """Table (f) for ProtoNet (20-way to be quick): two snapshots a side, tested on 10 episodes, the plot,
     race.json, and the count of what learn2learn's get_tasksets trains on."""

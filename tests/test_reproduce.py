@@ -258,6 +258,20 @@ def test_the_zoo_holds_the_reproduced_protonet_cells():
     assert {"protonet_5w1s", "protonet_5w5s"} <= entries
 
 
+def test_a_dataset_option_at_its_default_trains_the_run_of_the_config_that_leaves_it_out():
+    """A record's command pinned to a default that its config has since changed (here the MAML configs' move
+    to MAML's own character split) still names the run it came from; another value names another run."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "protonet_5w1s.toml"
+    plain = load_config(path)
+    assert "character_split" not in plain.data.options and "image_size" not in plain.data.options
+    spelt = load_config(path, ["data.options.character_split=vinyals", "data.options.image_size=28"])
+    assert training_key(spelt) == training_key(plain) == "34328bdb"
+    assert training_key(load_config(path, ["data.options.character_split=random"])) != training_key(plain)
+    maml = Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "maml_5w1s.toml"
+    assert load_config(maml).data.options["character_split"] == "random"
+    assert training_key(load_config(maml, ["data.options.character_split=vinyals"])) == "43b79234"  # the cell's runs
+
+
 def test_bf16_makes_another_trained_model_and_off_keeps_the_run_names_of_before():
     config = load_config(Path(__file__).resolve().parents[1] / "experiments" / "omniglot" / "protonet_5w1s.toml")
     assert training_key(config) == "34328bdb"  # the key before train.amp existed: its runs are found again

@@ -27,6 +27,9 @@ from .scaling import repo_file
 
 CONFIGS = {"maml": "experiments/omniglot/maml_5w1s.toml", "protonet": "experiments/omniglot/protonet_5w1s.toml"}
 LABELS = {"maml": "MAML", "protonet": "ProtoNet"}
+# learn2learn's side draws from the Vinyals characters (its benchmark, or a FilteredMetaDataset of the Vinyals
+# split in the race): every row's config is pinned to that split (MAML's configs draw MAML's own since 2026-12-06)
+PINNED = ["data.options.character_split=vinyals"]
 HEADER = ["learner", "episodes", "metazoo ms/iteration", "learn2learn ms/iteration", "metazoo / learn2learn",
           "metazoo sampling ms", "learn2learn sampling ms"]
 
@@ -37,7 +40,7 @@ def resolved(learner: str, overrides: list[str], root: Path) -> tuple[Any, Any]:
     from ..build import build_dataset, resolve_config
     from ..config import load_config
 
-    config = load_config(repo_file(CONFIGS[learner]), overrides)
+    config = load_config(repo_file(CONFIGS[learner]), [*PINNED, *overrides])
     train_set = build_dataset(config, config.train.split, root)
     return resolve_config(config, train_set, root), train_set
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from .common import bullets, table
-from .iteration import CONFIGS, LABELS, resolved
+from .iteration import CONFIGS, LABELS, PINNED, resolved
 from .scaling import finish, launch, repo_file
 
 DEFAULT_SECONDS = {"maml": 900.0, "protonet": 600.0}
@@ -47,7 +47,8 @@ def session_command(learner: str, run: Path, root: Path, minutes: float, sets: l
     """``metazoo train`` for one session of the chain: up to ``minutes`` of training time in all."""
     command = [sys.executable, "-m", "metazoo.cli", "train", str(repo_file(CONFIGS[learner])), "-o", str(run), "-q",
                "--no-test", "--device", "cpu", "--data-root", str(root)]
-    for item in [*sets, f"train.max_minutes={minutes!r}", "train.val_every=0", f"train.val_episodes={VAL_EPISODES}"]:
+    for item in [*PINNED, *sets, f"train.max_minutes={minutes!r}", "train.val_every=0",
+                 f"train.val_episodes={VAL_EPISODES}"]:
         command += ["--set", item]
     return command + (["--resume"] if resume else [])
 
