@@ -83,7 +83,8 @@ SINCE = (("train", "amp", "off", ()), *(("train", key, 0, ()) for key in TRAIN_A
 
 
 def training_key(config: Config) -> str:
-    """What identifies a trained model: every setting but the test's, the budget, and where and how it runs."""
+    """What identifies a trained model: every setting but the test's, the budget, and where and how it runs (a
+    setting added since runs existed, or a dataset option, at its default counts as left out)."""
     values = copy.deepcopy(config.to_dict())
     values.pop("eval")
     for key in ("device", "memory_format", "compile", "max_minutes", "num_workers", "tensorboard", "log_every",
