@@ -24,7 +24,6 @@ import copy
 import datetime
 import functools
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -108,8 +107,7 @@ def _without_defaults(dataset: str, options: dict) -> dict:
         factory = registry.REGISTRIES["datasets"].get_factory(dataset)
     except (ImportError, AttributeError):  # left to fail, with its own error, when the dataset is built
         return options
-    defaults = {name: p.default for name, p in inspect.signature(factory).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = registry.accepted_kwargs(factory)
     return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
 
 
