@@ -303,7 +303,9 @@ def add_reproduce(sub, plugin: argparse.ArgumentParser) -> None:
     s.add_argument("--until", type=wall_clock, metavar="TIME",
                    help="stop training at this local time, HH:MM (its next occurrence) or YYYY-MM-DDTHH:MM: each run "
                         "stops with a checkpoint then and is tested (leave a margin for the tests), and no run "
-                        "starts after it; a later call continues. It prints the date and time it means first")
+                        "starts after it (a date and time already past is an error); a later call continues. It "
+                        "prints the date and time it means first. Records write a date and time as its clock time, "
+                        "HH:MM, so that their commands run again")
     s.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (train.device)")
     s.add_argument("--dry-run", action="store_true",
                    help="list the cells, the runs they need (where one has started: its step and best validation) "

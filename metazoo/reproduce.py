@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,8 +135,24 @@ def test_settings(p: Plan) -> list[list[str]]:
     return [[f"eval.{k}={json.dumps(v)}" for k, v in wanted.items() if v != stored.get(k)] for wanted in p.evals]
 
 
-def command_line() -> str:
-    return "metazoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "metazoo reproduce"
+def _clock(text: str) -> str:
+    try:
+        return f"{datetime.datetime.fromisoformat(text):%H:%M}" if "T" in text or "-" in text else text
+    except ValueError:
+        return text
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command a record names: this process's arguments, an ``--until`` date and time written as its clock
+    time (``HH:MM``). The stop time is when a session ended, not part of the protocol, and a date once past
+    makes the command an error, where ``HH:MM`` (its next occurrence) can be run again."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for k, a in enumerate(args):
+        if a == "--until" and k + 1 < len(args):
+            args[k + 1] = _clock(args[k + 1])
+        elif a.startswith("--until="):
+            args[k] = "--until=" + _clock(a.partition("=")[2])
+    return "metazoo " + " ".join(shlex.quote(a) for a in args) if args else "metazoo reproduce"
 
 
 def describe(plans: list[Plan], budget: float | None) -> str:
