@@ -19,15 +19,34 @@ EVAL_FLAGS = ("split", "ways", "shots", "queries", "episodes", "seed", "protocol
 
 def config_files() -> list[Path]:
     """Runnable configs: ``experiments/**/*.toml`` under the working directory and, for a source
-    checkout, beside the package (base configs in ``base/`` folders are not runnable cells)."""
+    checkout, beside the package (base configs in ``base/`` folders are not runnable cells, and the
+    model zoo's entries are listed as such)."""
     from .config import experiments_roots
 
     seen: dict[Path, Path] = {}
     for root in experiments_roots():
         for path in sorted(root.glob("**/*.toml")):
-            if "base" not in path.relative_to(root).parts[:-1]:
+            if not {"base", "zoo"} & set(path.relative_to(root).parts[:-1]):
                 seen.setdefault(path.resolve(), path)
     return list(seen.values())
+
+
+def zoo_lines() -> list[str]:
+    """A line per model-zoo entry: its name and, for each cell its weights were tested on (a model can serve
+    two, as ProtoNet's 5-way and 20-way), the latest record's accuracy beside the paper's and its steps."""
+    from .results import read_records, rows, verdict
+    from .config import zoo_entries
+
+    lines = []
+    for name, path in zoo_entries().items():
+        records = read_records(path / "records.jsonl") if (path / "records.jsonl").exists() else []
+        tested = []
+        for r, _ in rows(records):
+            paper, _, judged = verdict(r)
+            tested.append(f"{r.get('cell') or '-'} {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f}"
+                          + (f" / {paper}: {judged}" if paper else "") + f" ({r.get('steps')} steps)")
+        lines.append(f"{name}  " + ("; ".join(tested) or "(no record)"))
+    return lines
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -45,6 +64,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"configs ({len(configs)}):")
         for path in configs:
             print(f"  {path}")
+    zoo = zoo_lines()
+    if zoo:
+        print(f"model zoo ({len(zoo)}; `metazoo eval NAME` re-tests one, `metazoo.load_run(NAME)` loads it):")
+        for line in zoo:
+            print(f"  {line}")
     return 0
 
 
@@ -77,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .registry import load_plugins
-    from .run import ZOO_PREFIX
+    from .config import ZOO_PREFIX
     from .trainer import test_run
 
     load_plugins(args.plugin)
@@ -199,7 +223,8 @@ def parser() -> argparse.ArgumentParser:
                         help="import MODULE first: it registers its own learners, backbones, datasets, ... "
                              "(recorded in the run's config, repeatable)")
 
-    s = sub.add_parser("list", parents=[plugin], help="every registry's entries with a line each, and the configs")
+    s = sub.add_parser("list", parents=[plugin], help="every registry's entries with a line each, the configs, "
+                                                      "and the model zoo's entries with their records")
     s.set_defaults(func=cmd_list)
     add_train(sub, plugin)
     add_eval(sub, plugin)

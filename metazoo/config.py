@@ -464,6 +464,24 @@ def experiments_roots() -> list[Path]:
     return list(found.values())
 
 
+ZOO_PREFIX = "zoo:"
+
+
+def zoo_roots() -> list[Path]:
+    """Where model-zoo entries are looked for: ./experiments/zoo, then the one beside the package."""
+    return [root / "zoo" for root in experiments_roots() if (root / "zoo").is_dir()]
+
+
+def zoo_entries() -> dict[str, Path]:
+    """Every model-zoo entry (a folder with a ``config.toml``) by name, ``zoo:<dataset>/<name>``; the first
+    root's where two hold the same name."""
+    found: dict[str, Path] = {}
+    for root in zoo_roots():
+        for path in sorted(root.glob("*/*/config.toml")):
+            found.setdefault(f"{ZOO_PREFIX}{path.parent.relative_to(root).as_posix()}", path.parent)
+    return dict(sorted(found.items()))
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a TOML config file (its ``extends`` resolved), apply dotted overrides, check it all."""
     return from_dict(apply_overrides(load_values(path), list(overrides)))

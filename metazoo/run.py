@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .build import build_dataset, build_objective, place_objective, resolve_config, resolve_device
-from .config import Config, apply_overrides, experiments_roots, from_dict
+from .config import ZOO_PREFIX, Config, apply_overrides, from_dict, zoo_entries, zoo_roots
 from .data import data_root as find_data_root
 from .errors import RunLockedError
 from .evaluate import json_text
@@ -33,7 +33,6 @@ LOG = logging.getLogger("metazoo")
 
 LAST, BEST, METRICS, CONFIG = "last.pt", "best.pt", "metrics.jsonl", "config.toml"
 RESULT, RESULTS = "result.json", "results.jsonl"
-ZOO_PREFIX = "zoo:"
 
 
 @dataclass
@@ -66,13 +65,8 @@ def resolve_run_dir(name: str | Path) -> Path:
     for root in zoo_roots():
         if (root / entry / CONFIG).exists():
             return root / entry
-    known = sorted(f"zoo:{p.parent.relative_to(r).as_posix()}" for r in zoo_roots() for p in r.glob(f"*/*/{CONFIG}"))
+    known = list(zoo_entries())
     raise FileNotFoundError(f"no model-zoo entry {text!r}; the zoo holds: {', '.join(known) or 'nothing yet'}")
-
-
-def zoo_roots() -> list[Path]:
-    """Where model-zoo entries are looked for: ./experiments/zoo, then the one beside the package."""
-    return [root / "zoo" for root in experiments_roots() if (root / "zoo").is_dir()]
 
 
 def read_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,23 @@ def test_list_names_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "protonet" in out and "conv4" in out and "omniglot" in out
+
+
+def test_list_shows_the_model_zoo_apart_from_the_configs_with_each_entrys_records(capsys):
+    """Each entry with every cell its weights were tested on (ProtoNet's 1-shot model serves 5-way and 20-way),
+    read from the entry's own records; its config.toml is not offered among the runnable configs."""
+    assert main(["list"]) == 0
+    configs, _, zoo = capsys.readouterr().out.partition("model zoo (")
+    assert "experiments/zoo" not in configs and "experiments/omniglot/protonet_5w1s.toml" in configs
+    lines = {line.split()[0]: line for line in zoo.splitlines()[1:]}
+    entries = sorted(Path(REPO, "experiments", "zoo").glob("*/*/config.toml"))
+    assert zoo.startswith(f"{len(entries)};") and len(lines) == len(entries)
+    records = [json.loads(x) for x in Path(entries[0].parent, "records.jsonl").read_text().splitlines()]
+    r = records[-1]
+    name = f"zoo:{entries[0].parent.parent.name}/{entries[0].parent.name}"
+    assert f"{r['cell']} {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f} / {r['paper']['value']}: " in lines[name]
+    line = lines["zoo:omniglot/protonet_5w1s"]
+    assert "protonet/omniglot/5w1s " in line and "; protonet/omniglot/20w1s " in line
 
 
 def test_train_then_eval_with_another_protocol(tmp_path, data_root, capsys):
