@@ -434,6 +434,27 @@ def test_layout_table_times_both_layouts_and_bfloat16_of_a_real_config(data_root
         assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[6]) > 0
         ratio(row[4])
         ratio(row[7])
+        contiguous, channels_last, bf16 = map(float, row[8:11])  # gradient errors against float64
+        assert 0 < contiguous < 1e-2 and 0 < channels_last and contiguous < bf16
+
+
+def test_layout_gradient_error_is_measured_against_float64_on_the_same_weights_and_items(data_root, monkeypatch):
+    """The error columns: a contender computed in float64 itself has none (so the reference is the same weights
+    and items, only its arithmetic differs), and bfloat16 rounds far more than float32."""
+    import torch
+
+    path = bench.scaling.repo_file(bench.layout.CONFIGS["omniglot_matching_5w1s"])
+    errors = bench.layout.gradient_errors(path, data_root)
+    assert sorted(errors) == ["bf16", "channels_last", "contiguous"]
+    assert errors["contiguous"] < 1e-3 < errors["bf16"]
+    original = bench.layout.objective_and_batch
+
+    def in_float64(config_path, root):
+        config, objective, batch = original(config_path, root)
+        return config, objective.double(), [item.to(dtype=torch.float64) for item in batch]
+
+    monkeypatch.setattr(bench.layout, "objective_and_batch", in_float64)
+    assert bench.layout.gradient_errors(path, data_root)["contiguous"] == 0
 
 
 def test_layout_bfloat16_contender_runs_under_autocast_and_is_left_out_where_refused(data_root, monkeypatch):
@@ -465,4 +486,4 @@ def test_layout_bfloat16_contender_runs_under_autocast_and_is_left_out_where_ref
     monkeypatch.setattr(type(bench.layout.objective_and_batch(path, data_root)[1]), "amp_modes", ("off",))
     assert sorted(bench.layout.blocks(path, data_root, 1)[0]) == ["channels_last", "contiguous"]
     (row,) = bench.layout.rows(["omniglot_matching_5w1s"], data_root, 1, 1, 0)
-    assert row[5:] == ["channels_last", "refused", ""]
+    assert row[5:8] == ["channels_last", "refused", ""] and row[10] == ""

@@ -32,7 +32,7 @@ EXTRA = {name.replace("/", "_").removesuffix(".toml"): f"experiments/{name}" for
 DEFAULT = tuple(name for name in CONFIGS if not name.startswith("caltech101"))
 CONFIGS.update(EXTRA)
 HEADER = ["configuration", "learner", "contiguous s/step", "channels_last s/step", "speed-up", "auto chooses",
-          "auto, bf16 s/step", "bf16 speed-up"]
+          "auto, bf16 s/step", "bf16 speed-up", "gradient error: contiguous", "channels_last", "auto, bf16"]
 
 
 def blocks(config_path: Path, root: Path, steps: int) -> tuple[dict[str, Callable[[], None]], str, str]:
@@ -61,9 +61,37 @@ def blocks(config_path: Path, root: Path, steps: int) -> tuple[dict[str, Callabl
     return contenders, config.learner["name"], "channels_last" if auto else "contiguous"
 
 
+def gradient_errors(config_path: Path, root: Path) -> dict[str, float]:
+    """How far each contender's gradients are from float64's: ``|g - g64| / |g64|`` over all the objective's
+    gradients as one vector, one training step on the config's first meta-batch from the same seeded weights
+    (the float64 step contiguous, on the same items in float64)."""
+    import torch
+
+    from ..build import memory_format
+    from ..objective import autocast
+
+    config, contiguous, batch = objective_and_batch(config_path, root)
+    auto = memory_format(config, contiguous, torch.device("cpu"))
+    runs = {"contiguous": (contiguous, "off"),
+            "channels_last": (copy.deepcopy(contiguous).to(memory_format=torch.channels_last), "off")}
+    if "bf16" in contiguous.amp_modes:
+        runs["bf16"] = (copy.deepcopy(contiguous).to(memory_format=auto), "bf16")
+
+    def gradient(objective, amp: str, items: list) -> torch.Tensor:
+        objective.zero_grad()
+        with autocast("cpu", amp):
+            loss = objective.meta_loss(items)[0]
+        loss.backward()
+        return torch.cat([p.grad.double().flatten() for p in objective.parameters() if p.grad is not None])
+
+    exact = gradient(copy.deepcopy(contiguous).double(), "off", [item.to(dtype=torch.float64) for item in batch])
+    return {name: float((gradient(*run, batch) - exact).norm() / exact.norm()) for name, run in runs.items()}
+
+
 def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int) -> list[list[str]]:
     out = []
     for name in names:
+        errors = gradient_errors(repo_file(CONFIGS[name]), root)
         contenders, learner, auto = blocks(repo_file(CONFIGS[name]), root, steps)
         warm_up(contenders, warmup)
         median = interleaved_medians(contenders, repeats)
@@ -72,7 +100,8 @@ def rows(names: Sequence[str], root: Path, steps: int, repeats: int, warmup: int
         if "bf16" in median:
             half = median["bf16"] / steps
             bf16 = [f"{half:.3f}", f"{median[auto] / steps / half:.2f}x"]
-        out.append([name, learner, f"{plain:.3f}", f"{last:.3f}", f"{plain / last:.2f}x", auto, *bf16])
+        out.append([name, learner, f"{plain:.3f}", f"{last:.3f}", f"{plain / last:.2f}x", auto, *bf16,
+                    *(f"{errors[k]:.1e}" if k in errors else "" for k in ("contiguous", "channels_last", "bf16"))])
     return out
 
 
@@ -83,4 +112,6 @@ def report(root: Path, args: argparse.Namespace) -> str:
             f"Forward + backward of one training step (the config's first meta-batch, training mode), median of "
             f"{args.layout_repeats} blocks of {args.layout_steps} step(s) after {args.warmup} warm-up block(s), "
             f"the contenders taking turns; bf16: the layout auto chooses under bfloat16 autocast "
-            f"(train.amp = \"bf16\"), its speed-up over that layout in float32.\n")
+            f"(train.amp = \"bf16\"), its speed-up over that layout in float32; gradient error: each contender's "
+            f"gradients against float64's (contiguous), |g - g64| / |g64| over all of them, one step from the same "
+            f"weights.\n")
