@@ -45,7 +45,8 @@ def test_auto_is_channels_last_on_the_cpu_for_the_families_it_speeds_up():
                                            ("mann", {"ways": 3, "online": True, "hidden": 16, "slots": 8})])
 def test_both_layouts_give_the_same_loss_and_gradients(name, settings):
     """In float64, so that what differs is the layout and not float32's rounding (which a few training steps
-    amplify: the two layouts' kernels sum in different orders)."""
+    amplify: the two layouts' kernels sum differently, torch's CPU batch norm on channels_last far more coarsely;
+    bench (i) measures it)."""
     torch.manual_seed(0)
     contiguous = create_learner(name, backbone=dict(BACKBONE), **settings).double().train()
     channels_last = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)

@@ -4,7 +4,9 @@ For each configuration (``experiments/...``, as ``metazoo train`` resolves it), 
 backward pass over the config's first meta-batch, with the objective's weights contiguous (NCHW) and, in a
 copy of the same weights, channels_last (NHWC, so that the convolutions keep their feature maps that way),
 taking turns. The same maths either way (tests/test_memory_format.py, in float64); the ratio is what the
-layout buys, and it is what ``train.memory_format = "auto"`` follows (``Objective.channels_last_pays``).
+layout buys, and it is what ``train.memory_format = "auto"`` follows (``Objective.channels_last_pays``). In
+float32 the layouts round differently (torch's CPU batch norm is coarser on channels_last): the last columns
+are each contender's gradient error against float64 (:func:`gradient_errors`).
 
 A third contender takes the same turns: the layout ``"auto"`` chooses, under ``train.amp = "bf16"``
 (:func:`metazoo.objective.autocast`, the trainer's, around the forward pass), where the learner accepts it
