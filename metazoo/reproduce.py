@@ -136,6 +136,7 @@ def test_settings(p: Plan) -> list[list[str]]:
 
 
 def _clock(text: str) -> str:
+    """An ``--until`` value as a clock time: a date and time (what ``cli.wall_clock`` reads as one) as its HH:MM."""
     try:
         return f"{datetime.datetime.fromisoformat(text):%H:%M}" if "T" in text or "-" in text else text
     except ValueError:
