@@ -279,13 +279,19 @@ def add_eval(sub, plugin: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_eval)
 
 
+def until_date(text: str) -> datetime.datetime | None:
+    """An ``--until`` value that names a date and time (ISO), parsed (ValueError where it does not parse); None
+    for a clock time, ``HH:MM``."""
+    return datetime.datetime.fromisoformat(text) if "T" in text or "-" in text else None
+
+
 def wall_clock(text: str, now: datetime.datetime | None = None) -> float:
     """``--until``: ``HH:MM`` (the next time the clock shows it) or an ISO date and time, local time, as seconds
     since the epoch; an ISO time already past is an error."""
     now = now or datetime.datetime.now()
     try:
-        if "T" in text or "-" in text:
-            when = datetime.datetime.fromisoformat(text)
+        when = until_date(text)
+        if when is not None:
             if when <= now:
                 raise argparse.ArgumentTypeError(f"{text} has passed (now {now:%Y-%m-%dT%H:%M})")
             return when.timestamp()

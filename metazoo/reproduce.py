@@ -136,11 +136,14 @@ def test_settings(p: Plan) -> list[list[str]]:
 
 
 def _clock(text: str) -> str:
-    """An ``--until`` value as a clock time: a date and time (what ``cli.wall_clock`` reads as one) as its HH:MM."""
+    """An ``--until`` value as a clock time: a date and time (as ``cli.wall_clock`` reads it) as its HH:MM."""
+    from .cli import until_date
+
     try:
-        return f"{datetime.datetime.fromisoformat(text):%H:%M}" if "T" in text or "-" in text else text
+        when = until_date(text)
     except ValueError:
         return text
+    return text if when is None else f"{when:%H:%M}"
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
