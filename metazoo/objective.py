@@ -13,19 +13,42 @@ here, applied by :meth:`Objective.evaluation` and recorded from the objective in
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 BN_MODES = ("running", "transductive")
+LOG = logging.getLogger("metazoo")
 AMP_MODES = ("off", "bf16")  # train.amp: float32 throughout, or bfloat16 autocast
 
 
 def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` for ``amp = "bf16"`` (matrix products and convolutions in bfloat16,
-    the weights, their gradients, losses and reductions in float32); nothing for ``"off"``."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16")
+    the weights, their gradients, losses and reductions in float32); nothing for ``"off"``. On a CPU without
+    bfloat16 support in oneDNN (:func:`native_bf16`), a warning, once a process."""
+    kind = torch.device(device).type
+    if amp == "bf16" and kind == "cpu" and not native_bf16():
+        _warn_emulated_bf16()
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether oneDNN runs this CPU's bfloat16 convolutions and matrix products (it needs AVX-512 or AMX).
+    Without it torch falls back to slower kernels: a training step measured 10x-14x slower than in float32 on
+    an AVX2 CPU (docs/benchmarks.md, table (i), twenty-sixth session). True where torch does not say."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return True if check is None else bool(check())
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    LOG.warning("train.amp = 'bf16' on a CPU without bfloat16 support in oneDNN (no AVX-512 or AMX): torch's "
+                "fallback kernels are several times slower than float32's (docs/distributed.md); set train.amp = "
+                "\"off\"")
 
 
 class Objective(nn.Module):

@@ -115,3 +115,23 @@ def test_sound_learners_take_a_bf16_step_with_finite_float32_gradients(omniglot)
         assert torch.isfinite(stats["loss"]), name
         grads = [p.grad for p in learner.parameters() if p.grad is not None]
         assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads), name
+
+
+def test_bf16_on_a_cpu_without_onednn_bfloat16_warns_once(monkeypatch, caplog):
+    from metazoo import objective
+    assert isinstance(objective.native_bf16(), bool)
+    objective._warn_emulated_bf16.cache_clear()
+    monkeypatch.setattr(objective, "native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="metazoo"):
+        with autocast("cpu", "bf16"):
+            pass
+    assert not caplog.records  # oneDNN's own bfloat16 kernels: nothing to say
+    monkeypatch.setattr(objective, "native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="metazoo"):
+        for amp in ("off", "bf16", "bf16"):
+            with autocast("cpu", amp):
+                assert torch.is_autocast_enabled("cpu") == (amp == "bf16")  # still bfloat16: a warning, not a refusal
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.amp = 'bf16' on a CPU without bfloat16 support in oneDNN (no AVX-512 or AMX): torch's fallback kernels "
+        "are several times slower than float32's (docs/distributed.md); set train.amp = \"off\""]  # once a process
+    objective._warn_emulated_bf16.cache_clear()

@@ -98,6 +98,7 @@ def test_bench_runs_end_to_end_on_a_tiny_budget(data_root, capsys, monkeypatch):
     # the learn2learn standard pipeline decodes PNGs (and extracts Omniglot on first use): not here
     assert bench.main([*tiny, "--skip", "l2l-standard", "--maml-sizes", "28", "--maml-orders", "first"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"\d+ CPUs \(.+, (AVX\w*|\w+), oneDNN bfloat16 (yes|no)\)", out)  # what speeds depend on
     assert "goal" not in out.lower() and not {"met", "missed"} & set(re.findall(r"\w+", out.lower()))
     found = tables(out)
     assert [t[:6] for t in found] == ["## (a)", "## (b)", "## (c)"]
@@ -487,3 +488,11 @@ def test_layout_bfloat16_contender_runs_under_autocast_and_is_left_out_where_ref
     assert sorted(bench.layout.blocks(path, data_root, 1)[0]) == ["channels_last", "contiguous"]
     (row,) = bench.layout.rows(["omniglot_matching_5w1s"], data_root, 1, 1, 0)
     assert row[5:8] == ["channels_last", "refused", ""] and row[10] == ""
+
+
+def test_the_machine_line_says_whether_onednn_has_bfloat16_here(monkeypatch):
+    from metazoo import objective
+    from metazoo.bench.common import machine
+    for native, said in ((True, "oneDNN bfloat16 yes)"), (False, "oneDNN bfloat16 no)")):
+        monkeypatch.setattr(objective, "native_bf16", lambda native=native: native)
+        assert said in machine()
