@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from .config import Config
 from .data import FewShotDataset, create_dataset, data_root
 from .distributed import local_device
 from .learners import create_objective, objective_factory
+from . import objective
 from .objective import Objective
 from .registry import BACKBONES, OPTIMIZERS, SCHEDULES, accepted_kwargs, load_plugins
 
@@ -103,6 +105,25 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r}{mine} is not available here (train.device, --device); available: "
                          f"{', '.join(there)}; choose one of them, or auto")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is, for a record or a benchmark's machine line: a GPU's name; for the CPU its model name,
+    the vector instructions torch's CPU kernels use (``AVX2``, ``AVX512``) and whether oneDNN has bfloat16
+    kernels there (:func:`metazoo.objective.native_bf16`), on which CPU speeds and ``train.amp = "bf16"`` depend
+    (docs/benchmarks.md, table (i))."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")) + f", {platform.machine()}"
+    except (OSError, StopIteration):
+        pass
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    return f"{name}, {capability}, oneDNN bfloat16 {'yes' if objective.native_bf16() else 'no'}"
 
 
 def available_devices() -> list[str]:

@@ -42,7 +42,7 @@ import torch
 from . import __version__, registry
 from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, load_config
 from .evaluate import EvalResult, json_text
-from .build import resolve_device
+from .build import device_name, resolve_device
 from .results import duration, read_records
 from .run import BEST, CONFIG, LAST, RunLock, load_checkpoint, read_config
 from .trainer import meta_train, test_run
@@ -397,7 +397,8 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
         "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),
-        "device": str(resolve_device(t.device)), "amp": t.amp, "compile": t.compile,
+        "device": str(resolve_device(t.device)), "machine": device_name(resolve_device(t.device)), "amp": t.amp,
+        "compile": t.compile,
         "threads": torch.get_num_threads(), "version": __version__, "commit": git_commit(),
         "command": command_line(), "run": run, "checkpoint": "kept",
         "date": datetime.date.today().isoformat(), "note": "",

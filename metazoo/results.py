@@ -14,7 +14,9 @@ hold the project's own. The schema (accuracies in percent)::
                             "translate", "rotate" (where not 0)}},
      "curve": [[mean, ci95], ...],       # online protocol only: by presentation, fractions as in result.json
      "steps": 4000, "planned_steps": 20000, "stopped": null | "budget",
-     "train_seconds": 3660.0 | null, "test_seconds": 13.0, "device": "cpu", "amp": "off",
+     "train_seconds": 3660.0 | null, "test_seconds": 13.0, "device": "cpu",
+     "machine": "AMD EPYC, x86_64, AVX2, oneDNN bfloat16 no" (the device's model, metazoo.build.device_name;
+                absent before 2026-12-06), "amp": "off",
      "compile": false (train.compile; absent before 2026-12-06), "threads": 1,
      "version": "0.1.0", "commit": "abc1234", "command": "metazoo reproduce protonet/omniglot/5w1s --budget 40",
      "run": "runs/reproduce/omniglot/protonet_5w1s-ab12cd34",

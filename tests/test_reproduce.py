@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metazoo.build import device_name
 from metazoo.published import cells
 from metazoo.config import load_config
 from metazoo.reproduce import (CHECK, RECORDS, describe, plan, reproduce, run_budget, shorter_run, to_zoo,
@@ -93,6 +94,7 @@ def test_cells_that_differ_only_in_the_test_share_one_model_and_finished_cells_a
     assert records[0]["protocol"]["train"] == {"split": "train", "ways": 5, "shots": 1, "queries": 2,
                                                "meta_batch_size": 1, "steps": 4}
     assert records[0]["compile"] is False
+    assert records[0]["machine"] == device_name(torch.device("cpu"))  # on which CPU the timings were taken
     for key in ("version", "commit", "command", "train_seconds", "test_seconds", "device", "amp", "date"):
         assert key in records[0]
     last = plans[0].run_dir / "last.pt"

@@ -61,26 +61,14 @@ def bullets(lines: Sequence[str]) -> str:
 
 
 def machine() -> str:
+    """torch, its threads, the CPUs (:func:`metazoo.build.device_name`), Python and the load average."""
+    from ..build import device_name
+
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    cpu = device_name(torch.device("cpu"))
     return (f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-            f"{torch.get_num_interop_threads()} inter-op; {os.cpu_count()} CPUs ({cpu_model()}); "
+            f"{torch.get_num_interop_threads()} inter-op; {os.cpu_count()} CPUs ({cpu}); "
             f"Python {platform.python_version()}; load average {load}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, the vector instructions torch's CPU kernels use (``AVX2``, ``AVX512``) and whether
-    oneDNN has bfloat16 kernels there (:func:`metazoo.objective.native_bf16`): the speed of a layout or of
-    ``train.amp = "bf16"`` depends on them (docs/benchmarks.md, table (i))."""
-    from ..objective import native_bf16
-
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")) + f", {platform.machine()}"
-    except (OSError, StopIteration):
-        pass
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-    return f"{name}, {capability}, oneDNN bfloat16 {'yes' if native_bf16() else 'no'}"
 
 
 def trainings_parser(prog: str, description: str, configs: Sequence[str]) -> argparse.ArgumentParser:
