@@ -132,7 +132,7 @@ class TrainConfig:
                'losses in float32) of the training step and of evaluation, on any device; `"off"`: float32 '
                "throughout. Recorded in every result as `amp`. The sequence learners with a carried state (`lstm`, "
                "`mann`) refuse it (docs/distributed.md). On a CPU it pays only where oneDNN has bfloat16 kernels "
-               "(AVX-512 or AMX; elsewhere 10x-14x slower, with a warning).")
+               "(AVX-512 or AMX; elsewhere 8x-15x slower, with a warning).")
     memory_format: Literal["auto", "channels_last", "contiguous"] = setting(
         "auto", 'The layout of the weights (and so of the feature maps) of convolutions: `"channels_last"` (NHWC) or '
                 '`"contiguous"` (NCHW); `"auto"`: channels_last on the CPU for the learners it speeds up there (all '

@@ -38,7 +38,7 @@ def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContext
 @functools.cache
 def native_bf16() -> bool:
     """Whether oneDNN runs this CPU's bfloat16 convolutions and matrix products (it needs AVX-512 or AMX).
-    Without it torch falls back to slower kernels: a training step measured 10x-14x slower than in float32 on
+    Without it torch falls back to slower kernels: a training step measured 8x-15x slower than in float32 on
     an AVX2 CPU (docs/benchmarks.md, table (i), twenty-sixth session). True where torch does not say."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return True if check is None else bool(check())
