@@ -11,7 +11,6 @@ from .config import Config
 from .data import FewShotDataset, create_dataset, data_root
 from .distributed import local_device
 from .learners import create_objective, objective_factory
-from . import objective
 from .objective import Objective
 from .registry import BACKBONES, OPTIMIZERS, SCHEDULES, accepted_kwargs, load_plugins
 
@@ -112,6 +111,8 @@ def device_name(device: torch.device) -> str:
     the vector instructions torch's CPU kernels use (``AVX2``, ``AVX512``) and whether oneDNN has bfloat16
     kernels there (:func:`metazoo.objective.native_bf16`), on which CPU speeds and ``train.amp = "bf16"`` depend
     (docs/benchmarks.md, table (i))."""
+    from .objective import native_bf16  # looked up at the call, where a test may stand in for it
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type != "cpu":
@@ -123,7 +124,7 @@ def device_name(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-    return f"{name}, {capability}, oneDNN bfloat16 {'yes' if objective.native_bf16() else 'no'}"
+    return f"{name}, {capability}, oneDNN bfloat16 {'yes' if native_bf16() else 'no'}"
 
 
 def available_devices() -> list[str]:

@@ -31,7 +31,7 @@ def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContext
     bfloat16 support in oneDNN (:func:`native_bf16`), a warning, once a process."""
     kind = torch.device(device).type
     if amp == "bf16" and kind == "cpu" and not native_bf16():
-        _warn_emulated_bf16()
+        _warn_slow_bf16()
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
@@ -45,7 +45,7 @@ def native_bf16() -> bool:
 
 
 @functools.cache
-def _warn_emulated_bf16() -> None:
+def _warn_slow_bf16() -> None:
     LOG.warning("train.amp = 'bf16' on a CPU without bfloat16 support in oneDNN (no AVX-512 or AMX): torch's "
                 "fallback kernels are several times slower than float32's (docs/distributed.md); set train.amp = "
                 "\"off\"")

@@ -120,7 +120,7 @@ def test_sound_learners_take_a_bf16_step_with_finite_float32_gradients(omniglot)
 def test_bf16_on_a_cpu_without_onednn_bfloat16_warns_once(monkeypatch, caplog):
     from metazoo import objective
     assert isinstance(objective.native_bf16(), bool)
-    objective._warn_emulated_bf16.cache_clear()
+    objective._warn_slow_bf16.cache_clear()
     monkeypatch.setattr(objective, "native_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="metazoo"):
         with autocast("cpu", "bf16"):
@@ -134,4 +134,4 @@ def test_bf16_on_a_cpu_without_onednn_bfloat16_warns_once(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "train.amp = 'bf16' on a CPU without bfloat16 support in oneDNN (no AVX-512 or AMX): torch's fallback kernels "
         "are several times slower than float32's (docs/distributed.md); set train.amp = \"off\""]  # once a process
-    objective._warn_emulated_bf16.cache_clear()
+    objective._warn_slow_bf16.cache_clear()
