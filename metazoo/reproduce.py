@@ -382,6 +382,7 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
                 run: str) -> dict:
     """One test result as a record (the schema in :mod:`metazoo.results`)."""
     t = config.train
+    device = resolve_device(t.device)
     curve = {"curve": result.curve} if result.curve else {}
     stopped = "budget" if state["step"] < t.steps else None
     return {
@@ -397,8 +398,7 @@ def make_record(cell, result: EvalResult, config: Config, state: dict, summary: 
         **curve,
         "steps": state["step"], "planned_steps": t.steps, "stopped": stopped,
         "train_seconds": state.get("train_seconds"), "test_seconds": round(test_seconds, 1),
-        "device": str(resolve_device(t.device)), "machine": device_name(resolve_device(t.device)), "amp": t.amp,
-        "compile": t.compile,
+        "device": str(device), "machine": device_name(device), "amp": t.amp, "compile": t.compile,
         "threads": torch.get_num_threads(), "version": __version__, "commit": git_commit(),
         "command": command_line(), "run": run, "checkpoint": "kept",
         "date": datetime.date.today().isoformat(), "note": "",
