@@ -15,7 +15,8 @@ trained plus the minutes left, so it stops with a checkpoint and is tested, and 
 that time; a later call continues. Loading the data and the tests come on top: leave a margin. A run of
 more ``train.steps`` (``--set train.steps=N``) starts from a copy of the same configuration's shorter run in
 the folder, where there is one (:func:`shorter_run`).
-``--zoo DIR`` copies each run's tested weights with its config and records into a model-zoo entry.
+``--zoo DIR`` copies each run's tested weights with its config and records into a model-zoo entry (in float16 or
+int8 where float32 would be over the zoo's 1 MB a file, the records tested again on them: :func:`to_zoo`).
 ``--jobs N`` trains N runs at once, each a ``metazoo reproduce`` process of its own cells (:func:`run_jobs`).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import copy
 import datetime
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -44,12 +46,13 @@ from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, l
 from .evaluate import EvalResult, json_text
 from .build import device_name, resolve_device
 from .results import duration, read_records
-from .run import BEST, CONFIG, LAST, RunLock, load_checkpoint, read_config
+from .run import BEST, CONFIG, LAST, STORAGES, RunLock, load_checkpoint, pack_weights, read_config
 from .trainer import meta_train, test_run
 
 LOG = logging.getLogger("metazoo")
 
 RECORDS, CHECK = "records.jsonl", "check.json"
+ZOO_BYTES = 1_000_000  # the most a model-zoo entry's weights file may take (the project's rule)
 CHECK_EPISODES = 20  # a zoo entry's quick re-test: its first test episodes, to the printed precision
 
 
@@ -435,20 +438,38 @@ def append_record(path: Path, record: dict) -> None:
         f.write((json_text(record) + "\n").encode())
 
 
-def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:
-    """A model-zoo entry of a run: its tested weights only (no optimiser state), its resolved config
-    without the data root (the user's own applies), and its cells' records."""
-    entry = zoo / p.cells[0].dataset / f"{p.cells[0].learner_id}_{p.cells[0].ways}w{p.cells[0].shots}s"
-    entry.mkdir(parents=True, exist_ok=True)
+def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: int = ZOO_BYTES) -> Path:
+    """A model-zoo entry of a run: its tested weights only (no optimiser state), in the largest storage
+    (:data:`~metazoo.run.STORAGES`: float32, float16, int8) whose file fits ``limit`` bytes; its resolved config
+    without the data root (the user's own applies); and its cells' records. Weights stored smaller than float32
+    are not the ones the records tested, so each record is tested again on the stored weights (its own test
+    settings, all its episodes) and the entry's copy carries that result, ``"weights"`` naming the storage and
+    its note the float32 weights' figure."""
     checkpoint = p.config.eval.checkpoint
     state = load_checkpoint(p.run_dir / (BEST if checkpoint == "best" else LAST))
-    torch.save({"learner": state["learner"], "step": state["step"], "best": state["best"]}, entry / BEST)
+    sizes = {}
+    for storage in STORAGES:
+        blob = io.BytesIO()
+        torch.save({"learner": pack_weights(state["learner"], storage), "step": state["step"], "best": state["best"],
+                    **({} if storage == "float32" else {"storage": storage})}, blob)
+        sizes[storage] = blob.tell()
+        if blob.tell() <= limit:
+            break
+    else:
+        raise ValueError(f"{p.run_dir}: its weights take " + ", ".join(f"{n} bytes in {s}" for s, n in sizes.items())
+                         + f", over the model zoo's {limit} bytes a file: no zoo entry made (the run and its records "
+                         "are kept)")
+    entry = zoo / p.cells[0].dataset / f"{p.cells[0].learner_id}_{p.cells[0].ways}w{p.cells[0].shots}s"
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / BEST).write_bytes(blob.getvalue())
     config = load_config_values(p.run_dir / CONFIG)
     config["data"].pop("root", None)
     config["eval"]["checkpoint"] = "best"  # the entry's one checkpoint file
     (entry / CONFIG).write_text(dump_toml(config))
     name = f"zoo:{entry.relative_to(zoo).as_posix()}"
     records = [{**r, "checkpoint": name} for r in recorded(out) if r.get("run") == str(p.run_dir)]
+    if storage != "float32":
+        records = [stored_record(r, entry, storage, limit, data_root) for r in records]
     (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
     evals = [*test_settings(p)[0], f"eval.episodes={CHECK_EPISODES}"]
     check = test_run(entry, "best", data_root, False, evals, write=False)
@@ -456,6 +477,17 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None) -> Path:
                                            "mean": round(100 * check.mean, 2), "ci95": round(100 * check.ci95, 2)},
                                           indent=1) + "\n")
     return entry
+
+
+def stored_record(record: dict, entry: Path, storage: str, limit: int, data_root: str | None) -> dict:
+    """A record of a zoo entry whose weights are stored in ``storage``: its test again on those weights."""
+    result = test_run(entry, "best", data_root, False, record["protocol"].get("overrides", []), write=False)
+    tested = record["ours"]
+    note = (f"Tested on the zoo entry's {storage} weights (the model zoo's {limit} bytes a file); its float32 "
+            f"weights gave {tested['mean']:.2f} +- {tested['ci95']:.2f}.")
+    return {**record, "ours": {"mean": 100 * result.mean, "ci95": 100 * result.ci95, "episodes": result.episodes},
+            **({"curve": result.curve} if result.curve else {}), "weights": storage,
+            "note": " ".join(filter(None, [record.get("note"), note]))}
 
 
 def load_config_values(path: Path) -> dict:

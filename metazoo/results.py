@@ -20,7 +20,9 @@ hold the project's own. The schema (accuracies in percent)::
      "compile": false (train.compile; absent before 2026-12-06), "threads": 1,
      "version": "0.1.0", "commit": "abc1234", "command": "metazoo reproduce protonet/omniglot/5w1s --budget 40",
      "run": "runs/reproduce/omniglot/protonet_5w1s-ab12cd34",
-     "checkpoint": "kept" | "gone" | "zoo:omniglot/protonet_5w1s", "date": "2026-12-02", "note": "free text"}
+     "checkpoint": "kept" | "gone" | "zoo:omniglot/protonet_5w1s",
+     "weights": "float16" | "int8" (a zoo entry's record only, where its weights are stored so: ours tested on them),
+     "date": "2026-12-02", "note": "free text"}
 
 :func:`render_report` writes a table per dataset: the published cells in the published order, each
 with its latest record (by date, then file order; the earlier ones in a note), ours minus the paper

@@ -49,10 +49,54 @@ class Run:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A checkpoint written by the trainer, loaded as data only (``weights_only``: no code runs)."""
+    """A checkpoint written by the trainer, loaded as data only (``weights_only``: no code runs); a model-zoo
+    entry's weights stored smaller (its ``storage``, :func:`pack_weights`) come back as float32."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the run has no such checkpoint (best.pt or last.pt)")
-    return torch.load(path, map_location=device, weights_only=True)
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("storage", "float32") != "float32":
+        state["learner"] = unpack_weights(state["learner"])
+    return state
+
+
+STORAGES = ("float32", "float16", "int8")  # how a model-zoo entry's weights are stored, largest first
+
+
+def pack_weights(weights: dict, storage: str) -> dict:
+    """A state dict stored in ``storage`` (:data:`STORAGES`): ``float32`` as it is; ``float16`` every floating
+    tensor in half precision; ``int8`` every floating matrix or kernel (two or more dimensions) as symmetric 8-bit
+    integers with one float32 scale per row of its first dimension, ``{"int8": q, "scale": s}`` (``q * s``, within
+    half a scale of the original), its vectors and scalars (biases, batch-norm statistics) kept in float32.
+    :func:`unpack_weights` (which :func:`load_checkpoint` applies) reverses it."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown weight storage {storage!r}; valid: {', '.join(STORAGES)}")
+    packed = {}
+    for name, value in weights.items():
+        if storage == "float32" or not value.is_floating_point():
+            packed[name] = value
+        elif storage == "float16":
+            packed[name] = value.half()
+        elif value.dim() < 2:
+            packed[name] = value.float()
+        else:
+            rows = value.float().reshape(value.shape[0], -1)
+            scale = rows.abs().amax(dim=1) / 127
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = (rows / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+            packed[name] = {"int8": q.reshape(value.shape).contiguous(), "scale": scale.contiguous()}
+    return packed
+
+
+def unpack_weights(packed: dict) -> dict:
+    """:func:`pack_weights`' state dict back in float32 (integer tensors as they are)."""
+    weights = {}
+    for name, value in packed.items():
+        if isinstance(value, dict):
+            q, scale = value["int8"], value["scale"]
+            weights[name] = (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
+        else:
+            weights[name] = value.float() if value.is_floating_point() else value
+    return weights
 
 
 def resolve_run_dir(name: str | Path) -> Path:

@@ -22,7 +22,7 @@ from metazoo.published import cells
 from metazoo.config import load_config
 from metazoo.reproduce import (CHECK, RECORDS, describe, plan, reproduce, run_budget, shorter_run, to_zoo,
                                training_key)
-from metazoo.run import RunLock, load_run
+from metazoo.run import RunLock, load_checkpoint, load_run, pack_weights, unpack_weights
 from metazoo.trainer import test_run as evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ TINY = """
 name = "protonet"
 [backbone]
 name = "conv4"
-width = 8
+width = {width}
 [data]
 dataset = "omniglot"
 [train]
@@ -46,12 +46,12 @@ episodes = 4
 """
 
 
-def tiny_cells(tmp_path: Path, steps: int = 4, val_every: int = 2) -> list:
+def tiny_cells(tmp_path: Path, steps: int = 4, val_every: int = 2, width: int = 8) -> list:
     """Two cells of one model (5-way and 20-way tests), as published cells name their configs."""
     found = []
     for ways in (5, 20):
         path = tmp_path / f"tiny_{ways}w1s.toml"
-        path.write_text(TINY.format(steps=steps, val_every=val_every, ways=ways))
+        path.write_text(TINY.format(steps=steps, val_every=val_every, ways=ways, width=width))
         cell = cells(["protonet/omniglot/5w1s"])[0]
         found.append(dataclasses.replace(cell, id=f"protonet/omniglot/{ways}w1s", ways=ways, config=str(path)))
     return found
@@ -256,6 +256,69 @@ def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root,
     with pytest.raises(FileNotFoundError, match="no model-zoo entry 'zoo:omniglot/nothing'; the zoo holds: .*"
                                                 "zoo:omniglot/protonet_5w1s"):
         load_run("zoo:omniglot/nothing")
+
+
+def test_weights_packed_to_int8_are_within_half_a_scale_a_row_and_float16_is_a_cast():
+    weights = {"conv.weight": torch.tensor([[1.0, -0.5, 0.25], [0.0, 0.0, 0.0], [2.54, 1.3, -0.013]]),
+               "bn.running_var": torch.tensor([0.3, 7.0, 1e-4]), "bn.num_batches_tracked": torch.tensor(12)}
+    packed = pack_weights(weights, "int8")
+    q, scale = packed["conv.weight"]["int8"], packed["conv.weight"]["scale"]
+    expected = torch.tensor([[127, -64, 32], [0, 0, 0], [127, 65, -1]], dtype=torch.int8)  # -63.5 rounds to even
+    assert q.dtype == torch.int8 and torch.equal(q, expected)
+    assert torch.allclose(scale, torch.tensor([1 / 127, 1.0, 2.54 / 127]))  # a row of zeros: scale 1
+    back = unpack_weights(packed)
+    expected = torch.tensor([[1.0, -64 / 127, 32 / 127], [0.0, 0.0, 0.0], [2.54, 1.3, -0.02]])
+    assert torch.allclose(back["conv.weight"], expected)
+    assert torch.equal(back["bn.running_var"], weights["bn.running_var"])  # vectors kept in float32
+    assert torch.equal(back["bn.num_batches_tracked"], weights["bn.num_batches_tracked"])
+    kernel = torch.randn(16, 8, 3, 3)
+    back = unpack_weights(pack_weights({"k": kernel}, "int8"))["k"]
+    half_scale = kernel.reshape(16, -1).abs().amax(1) / 127 / 2
+    assert ((back - kernel).reshape(16, -1).abs() <= half_scale[:, None] + 1e-7).all()
+    halved = unpack_weights(pack_weights({"k": kernel}, "float16"))["k"]
+    assert halved.dtype == torch.float32 and torch.equal(halved, kernel.half().float())
+    with pytest.raises(ValueError, match="unknown weight storage 'int4'; valid: float32, float16, int8"):
+        pack_weights(weights, "int4")
+
+
+def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_tested_on_those_weights(
+        tmp_path, data_root, monkeypatch):
+    chosen = tiny_cells(tmp_path, width=32)
+    out = tmp_path / "out"
+    reproduce(chosen, out, data_root=str(data_root), progress=False)
+    p = plan(chosen, out)[0]
+    tested = [json.loads(line) for line in (out / RECORDS).read_text().splitlines()]
+    weights = load_checkpoint(p.run_dir / "best.pt")["learner"]
+    sizes = {}
+    for storage in ("float32", "float16", "int8"):
+        path = tmp_path / f"{storage}.pt"
+        torch.save({"learner": pack_weights(weights, storage), "step": 0, "best": {}, "storage": storage}, path)
+        sizes[storage] = path.stat().st_size
+    assert sizes["float32"] > sizes["float16"] > sizes["int8"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METAZOO_DATA", str(data_root))
+    for storage, limit in (("float16", (sizes["float32"] + sizes["float16"]) // 2),
+                           ("int8", (sizes["float16"] + sizes["int8"]) // 2)):
+        zoo = tmp_path / storage / "experiments" / "zoo"
+        entry = to_zoo(p, zoo, out, str(data_root), limit=limit)
+        state = torch.load(entry / "best.pt", weights_only=True)
+        assert state["storage"] == storage and (entry / "best.pt").stat().st_size <= limit
+        stored = unpack_weights(state["learner"])
+        assert not all(torch.equal(stored[k], v) for k, v in weights.items())  # not the weights the run tested
+        run = load_run(entry)
+        for key, value in run.objective.state_dict().items():
+            assert torch.equal(value, stored[key]), key
+        records = [json.loads(line) for line in (entry / RECORDS).read_text().splitlines()]
+        assert len(records) == len(tested) == 2
+        for record, first in zip(records, tested):
+            again = evaluate_run(entry, overrides=record["protocol"].get("overrides", []), write=False)
+            assert record["ours"] == {"mean": 100 * again.mean, "ci95": 100 * again.ci95, "episodes": 4}
+            assert record["weights"] == storage and record["checkpoint"] == "zoo:omniglot/protonet_5w1s"
+            assert f"float32 weights gave {first['ours']['mean']:.2f} +- {first['ours']['ci95']:.2f}" in record["note"]
+    with pytest.raises(ValueError, match=r"its weights take \d+ bytes in float32, \d+ bytes in float16, \d+ bytes in "
+                                         r"int8, over the model zoo's 1000 bytes a file: no zoo entry made"):
+        to_zoo(p, tmp_path / "small", out, str(data_root), limit=1000)
+    assert not (tmp_path / "small").exists()
 
 
 @pytest.mark.parametrize("entry", sorted(p.parent.relative_to(REPO / "experiments" / "zoo").as_posix()
