@@ -33,7 +33,8 @@ def config_files() -> list[Path]:
 
 def zoo_lines() -> list[str]:
     """A line per model-zoo entry: its name and, for each cell its weights were tested on (a model can serve
-    two, as ProtoNet's 5-way and 20-way), the latest record's accuracy beside the paper's and its steps."""
+    two, as ProtoNet's 5-way and 20-way), the latest record's accuracy beside the paper's and its steps (and the
+    weights' storage where it is not float32: the accuracy is theirs)."""
     from .results import read_records, rows, verdict
     from .config import zoo_entries
 
@@ -44,7 +45,8 @@ def zoo_lines() -> list[str]:
         for r, _ in rows(records):
             paper, _, judged = verdict(r)
             tested.append(f"{r.get('cell') or '-'} {r['ours']['mean']:.2f} +- {r['ours']['ci95']:.2f}"
-                          + (f" / {paper}: {judged}" if paper else "") + f" ({r.get('steps')} steps)")
+                          + (f" / {paper}: {judged}" if paper else "") + f" ({r.get('steps')} steps"
+                          + (f", {r['weights']} weights)" if r.get("weights") else ")"))
         lines.append(f"{name}  " + ("; ".join(tested) or "(no record)"))
     return lines
 

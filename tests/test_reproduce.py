@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from metazoo.build import device_name
+from metazoo.cli import zoo_lines
 from metazoo.published import cells
 from metazoo.config import load_config
 from metazoo.reproduce import (CHECK, RECORDS, describe, plan, reproduce, run_budget, shorter_run, to_zoo,
@@ -315,6 +316,10 @@ def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_teste
             assert record["ours"] == {"mean": 100 * again.mean, "ci95": 100 * again.ci95, "episodes": 4}
             assert record["weights"] == storage and record["checkpoint"] == "zoo:omniglot/protonet_5w1s"
             assert f"float32 weights gave {first['ours']['mean']:.2f} +- {first['ours']['ci95']:.2f}" in record["note"]
+        monkeypatch.chdir(tmp_path / storage)
+        line = next(line for line in zoo_lines() if line.startswith("zoo:omniglot/protonet_5w1s "))
+        assert f"protonet/omniglot/20w1s {records[-1]['ours']['mean']:.2f} +- " in line
+        assert line.endswith(f"(4 steps, {storage} weights)")
     with pytest.raises(ValueError, match=r"its weights take \d+ bytes in float32, \d+ bytes in float16, \d+ bytes in "
                                          r"int8, over the model zoo's 1000 bytes a file: no zoo entry made"):
         to_zoo(p, tmp_path / "small", out, str(data_root), limit=1000)
