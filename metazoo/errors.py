@@ -20,3 +20,7 @@ class NonFiniteLossError(ArithmeticError):
 
 class RankLostError(RuntimeError):
     """Under torchrun, a collective failed: another process of the run died, or stopped answering."""
+
+
+class ZooTooLargeError(ValueError):
+    """A run's weights are over the model zoo's limit in every storage: no entry is made (the run is kept)."""

@@ -43,6 +43,7 @@ import torch
 
 from . import __version__, registry
 from .config import TRAIN_AUGMENTATIONS, Config, dump_toml, experiments_roots, load_config
+from .errors import ZooTooLargeError
 from .evaluate import EvalResult, json_text
 from .build import device_name, resolve_device
 from .results import duration, read_records
@@ -263,7 +264,10 @@ def reproduce(cells: list, out: str | Path, budget: float | None = None, device:
         continue_shorter(p)
         written += run_plan(p, out, budget, data_root, progress, until)
         if zoo is not None:
-            to_zoo(p, Path(zoo), out, data_root)
+            try:
+                to_zoo(p, Path(zoo), out, data_root)
+            except ZooTooLargeError as err:  # the other runs go on: a model too large for the zoo is no failure
+                LOG.warning(str(err))
     return written
 
 
@@ -438,13 +442,15 @@ def append_record(path: Path, record: dict) -> None:
         f.write((json_text(record) + "\n").encode())
 
 
-def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: int = ZOO_BYTES) -> Path:
+def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: int | None = None) -> Path:
     """A model-zoo entry of a run: its tested weights only (no optimiser state), in the largest storage
     (:data:`~metazoo.run.STORAGES`: float32, float16, int8) whose file fits ``limit`` bytes; its resolved config
     without the data root (the user's own applies); and its cells' records. Weights stored smaller than float32
     are not the ones the records tested, so each record is tested again on the stored weights (its own test
     settings, all its episodes) and the entry's copy carries that result, ``"weights"`` naming the storage and
-    its note the float32 weights' figure."""
+    its note the float32 weights' figure. ``limit``: :data:`ZOO_BYTES` unless given; over it in every storage,
+    :class:`~metazoo.errors.ZooTooLargeError` (:func:`reproduce` warns and goes on)."""
+    limit = ZOO_BYTES if limit is None else limit
     checkpoint = p.config.eval.checkpoint
     state = load_checkpoint(p.run_dir / (BEST if checkpoint == "best" else LAST))
     sizes = {}
@@ -456,9 +462,9 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
         if blob.tell() <= limit:
             break
     else:
-        raise ValueError(f"{p.run_dir}: its weights take " + ", ".join(f"{n} bytes in {s}" for s, n in sizes.items())
-                         + f", over the model zoo's {limit} bytes a file: no zoo entry made (the run and its records "
-                         "are kept)")
+        taken = ", ".join(f"{n} bytes in {s}" for s, n in sizes.items())
+        raise ZooTooLargeError(f"{p.run_dir}: its weights take {taken}, over the model zoo's {limit} bytes a file: "
+                               "no zoo entry made (the run and its records are kept)")
     entry = zoo / p.cells[0].dataset / f"{p.cells[0].learner_id}_{p.cells[0].ways}w{p.cells[0].shots}s"
     entry.mkdir(parents=True, exist_ok=True)
     (entry / BEST).write_bytes(blob.getvalue())

@@ -283,7 +283,7 @@ def test_weights_packed_to_int8_are_within_half_a_scale_a_row_and_float16_is_a_c
 
 
 def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_tested_on_those_weights(
-        tmp_path, data_root, monkeypatch):
+        tmp_path, data_root, monkeypatch, caplog):
     chosen = tiny_cells(tmp_path, width=32)
     out = tmp_path / "out"
     reproduce(chosen, out, data_root=str(data_root), progress=False)
@@ -323,6 +323,11 @@ def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_teste
     with pytest.raises(ValueError, match=r"its weights take \d+ bytes in float32, \d+ bytes in float16, \d+ bytes in "
                                          r"int8, over the model zoo's 1000 bytes a file: no zoo entry made"):
         to_zoo(p, tmp_path / "small", out, str(data_root), limit=1000)
+    assert not (tmp_path / "small").exists()
+    monkeypatch.setattr("metazoo.reproduce.ZOO_BYTES", 1000)  # reproduce --zoo: a warning, and the next run goes on
+    with caplog.at_level(logging.WARNING, logger="metazoo"):
+        assert reproduce(chosen, out, data_root=str(data_root), zoo=tmp_path / "small", progress=False) == []
+    assert "over the model zoo's 1000 bytes a file: no zoo entry made" in caplog.text
     assert not (tmp_path / "small").exists()
 
 
