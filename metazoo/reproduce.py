@@ -263,7 +263,7 @@ def reproduce(cells: list, out: str | Path, budget: float | None = None, device:
             continue
         continue_shorter(p)
         written += run_plan(p, out, budget, data_root, progress, until)
-        if zoo is not None:
+        if zoo is not None and (p.run_dir / LAST).exists():
             try:
                 to_zoo(p, Path(zoo), out, data_root)
             except ZooTooLargeError as err:  # the other runs go on: a model too large for the zoo is no failure
@@ -370,6 +370,11 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
             LOG.info(f"{p.run_dir.name}: {standing(p)}")
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
                              progress=progress, test=False)
+    if not (p.run_dir / LAST).exists():  # a new run whose budget (or --until) ran out before its first step
+        LOG.warning(f"{p.name}: no step trained: the budget of {config.train.max_minutes:.2g} minutes was spent "
+                    "before the first step, so there is nothing to test (a larger --budget or later --until trains "
+                    "it)")
+        return []
     state = load_checkpoint(p.run_dir / LAST)
     done = {(r["cell"], r["steps"], tuple(r["protocol"].get("overrides", ()))) for r in recorded(out)
             if r.get("run") == str(p.run_dir)}  # a cell tested at this step with these settings
@@ -445,10 +450,11 @@ def append_record(path: Path, record: dict) -> None:
 def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: int | None = None) -> Path:
     """A model-zoo entry of a run: its tested weights only (no optimiser state), in the largest storage
     (:data:`~metazoo.run.STORAGES`: float32, float16, int8) whose file fits ``limit`` bytes; its resolved config
-    without the data root (the user's own applies); and its cells' records. Weights stored smaller than float32
-    are not the ones the records tested, so each record is tested again on the stored weights (its own test
-    settings, all its episodes) and the entry's copy carries that result, ``"weights"`` naming the storage and
-    its note the float32 weights' figure. ``limit``: :data:`ZOO_BYTES` unless given; over it in every storage,
+    without the data root (the user's own applies); and its cells' records of those weights (a resumed run's
+    records of earlier checkpoints stay out). Weights stored smaller than float32 are not the ones the records
+    tested, so each record is tested again on the stored weights (its own test settings, all its episodes) and
+    the entry's copy carries that result, ``"weights"`` naming the storage and its note the float32 weights'
+    figure. ``limit``: :data:`ZOO_BYTES` unless given; over it in every storage,
     :class:`~metazoo.errors.ZooTooLargeError` (:func:`reproduce` warns and goes on)."""
     limit = ZOO_BYTES if limit is None else limit
     checkpoint = p.config.eval.checkpoint
@@ -473,7 +479,9 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     config["eval"]["checkpoint"] = "best"  # the entry's one checkpoint file
     (entry / CONFIG).write_text(dump_toml(config))
     name = f"zoo:{entry.relative_to(zoo).as_posix()}"
-    records = [{**r, "checkpoint": name} for r in recorded(out) if r.get("run") == str(p.run_dir)]
+    # the run's records of these weights: a run stopped and resumed holds records of earlier checkpoints too
+    records = [{**r, "checkpoint": name} for r in recorded(out)
+               if r.get("run") == str(p.run_dir) and r["protocol"].get("step") == state["step"]]
     if storage != "float32":
         records = [stored_record(r, entry, storage, limit, data_root) for r in records]
     (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))

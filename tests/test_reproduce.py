@@ -159,6 +159,18 @@ def test_until_stops_training_at_a_wall_clock_time_and_starts_nothing_after_it(t
         in describe(plan(chosen, out), None)
 
 
+def test_a_budget_spent_before_the_first_step_is_a_warning_and_a_later_call_trains_the_run(
+        tmp_path, data_root, caplog):
+    chosen = tiny_cells(tmp_path)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="metazoo"):  # e.g. an --until time reached as the run starts
+        assert reproduce(chosen, out, budget=1e-9, data_root=str(data_root), zoo=tmp_path / "zoo",
+                         progress=False) == []
+    assert "no step trained: the budget of 1e-09 minutes was spent before the first step" in caplog.text
+    assert not (tmp_path / "zoo").exists()
+    assert [r["steps"] for r in reproduce(chosen, out, data_root=str(data_root), progress=False)] == [4, 4]
+
+
 def test_until_takes_a_clock_time_or_a_date_and_time():
     from metazoo.cli import wall_clock
 
@@ -229,8 +241,16 @@ def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root,
     chosen = tiny_cells(tmp_path)
     out = tmp_path / "out"
     reproduce(chosen, out, data_root=str(data_root), progress=False)
+    # a record of the run's checkpoint at an earlier step, as a stopped and resumed run leaves in its records:
+    # other weights than the entry's, so not one of its records
+    earlier = json.loads((out / RECORDS).read_text().splitlines()[0])
+    earlier = {**earlier, "steps": 1, "protocol": {**earlier["protocol"], "step": 1}, "stopped": "budget"}
+    (out / RECORDS).write_text(json.dumps(earlier) + "\n" + (out / RECORDS).read_text())
     entry = to_zoo(plan(chosen, out)[0], tmp_path / "experiments" / "zoo", out, str(data_root))
     assert entry == tmp_path / "experiments" / "zoo" / "omniglot" / "protonet_5w1s"
+    step = torch.load(entry / "best.pt", weights_only=True)["step"]
+    assert step != 1 and [json.loads(line)["protocol"]["step"] for line in (entry / RECORDS).read_text().splitlines()] \
+        == [step] * 2
     state = torch.load(entry / "best.pt", weights_only=True)
     assert set(state) == {"learner", "step", "best"}  # no optimiser state
     assert (entry / "best.pt").stat().st_size < 1_000_000
