@@ -355,13 +355,16 @@ def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_teste
                                          for p in (REPO / "experiments" / "zoo").glob("*/*/config.toml")))
 def test_a_committed_zoo_entry_re_tests_to_its_record(entry, data_root):
     """Every committed zoo entry: its first test episodes give its recorded check to the printed precision,
-    and its records say which cells it reproduces."""
+    and its records say which cells it reproduces, on the weights it stores (its checkpoint's step, and the
+    storage where it is not float32)."""
     folder = REPO / "experiments" / "zoo" / entry
     check = json.loads((folder / CHECK).read_text())
     again = evaluate_run(f"zoo:{entry}", overrides=check["overrides"], data_root=data_root, write=False)
     assert (f"{100 * again.mean:.2f}", f"{100 * again.ci95:.2f}") == (f"{check['mean']:.2f}", f"{check['ci95']:.2f}")
     records = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines()]
     assert records and all(r["checkpoint"] == f"zoo:{entry}" for r in records)
+    state = torch.load(folder / "best.pt", weights_only=True)
+    assert all(r["protocol"]["step"] == state["step"] and r.get("weights") == state.get("storage") for r in records)
     assert (folder / "best.pt").stat().st_size < 1_000_000
 
 
