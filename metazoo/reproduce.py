@@ -371,9 +371,10 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
         summary = meta_train(config, p.run_dir, resume=(p.run_dir / LAST).exists(), data_root=data_root,
                              progress=progress, test=False)
     if not (p.run_dir / LAST).exists():  # a new run whose budget (or --until) ran out before its first step
-        LOG.warning(f"{p.name}: no step trained: the budget of {config.train.max_minutes:.2g} minutes was spent "
-                    "before the first step, so there is nothing to test (a larger --budget or later --until trains "
-                    "it)")
+        minutes = config.train.max_minutes
+        LOG.warning(f"{p.name}: no step trained: the budget{f' of {minutes:.2g} minutes' if minutes else ''} was "
+                    "spent before the first step, so there is nothing to test (a larger --budget or later --until "
+                    "trains it)")
         return []
     state = load_checkpoint(p.run_dir / LAST)
     done = {(r["cell"], r["steps"], tuple(r["protocol"].get("overrides", ()))) for r in recorded(out)

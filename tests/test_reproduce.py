@@ -248,11 +248,10 @@ def test_a_zoo_entry_holds_weights_only_and_reloads_by_name(tmp_path, data_root,
     (out / RECORDS).write_text(json.dumps(earlier) + "\n" + (out / RECORDS).read_text())
     entry = to_zoo(plan(chosen, out)[0], tmp_path / "experiments" / "zoo", out, str(data_root))
     assert entry == tmp_path / "experiments" / "zoo" / "omniglot" / "protonet_5w1s"
-    step = torch.load(entry / "best.pt", weights_only=True)["step"]
-    assert step != 1 and [json.loads(line)["protocol"]["step"] for line in (entry / RECORDS).read_text().splitlines()] \
-        == [step] * 2
     state = torch.load(entry / "best.pt", weights_only=True)
     assert set(state) == {"learner", "step", "best"}  # no optimiser state
+    assert state["step"] != 1 and [json.loads(line)["protocol"]["step"]
+                                   for line in (entry / RECORDS).read_text().splitlines()] == [state["step"]] * 2
     assert (entry / "best.pt").stat().st_size < 1_000_000
     assert "root" not in (entry / "config.toml").read_text().split("[data]")[1].split("[")[0]
     assert [json.loads(line)["checkpoint"] for line in (entry / RECORDS).read_text().splitlines()] == \
