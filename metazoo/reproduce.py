@@ -377,8 +377,7 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
                     "trains it)")
         return []
     state = load_checkpoint(p.run_dir / LAST)
-    done = {(r["cell"], r["steps"], tuple(r["protocol"].get("overrides", ()))) for r in recorded(out)
-            if r.get("run") == str(p.run_dir)}  # a cell tested at this step with these settings
+    done = {tested(r) for r in recorded(out) if r.get("run") == str(p.run_dir)}
     written = []
     for cell, evals in zip(p.cells, test_settings(p)):
         if (cell.id, state["step"], tuple(evals)) in done:
@@ -433,6 +432,11 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
+def tested(record: dict) -> tuple:
+    """What a record tested: its cell, at its run's step, with its test settings."""
+    return record["cell"], record["steps"], tuple(record["protocol"].get("overrides", ()))
+
+
 def recorded(out: Path) -> list[dict]:
     """The records an output folder holds so far."""
     return read_records(out / RECORDS) if (out / RECORDS).exists() else []
@@ -453,8 +457,9 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     (:data:`~metazoo.run.STORAGES`: float32, float16, int8) whose file fits ``limit`` bytes; its resolved config
     without the data root (the user's own applies); and its cells' records of those weights (a resumed run's
     records of earlier checkpoints stay out). Weights stored smaller than float32 are not the ones the records
-    tested, so each record is tested again on the stored weights (its own test settings, all its episodes) and
-    the entry's copy carries that result, ``"weights"`` naming the storage and its note the float32 weights'
+    tested, so each record is tested again on the stored weights (its own test settings, all its episodes; not
+    again where the entry already holds the same stored weights and that test) and the entry's copy carries that
+    result, ``"weights"`` naming the storage and its note the float32 weights'
     figure. ``limit``: :data:`ZOO_BYTES` unless given; over it in every storage,
     :class:`~metazoo.errors.ZooTooLargeError` (:func:`reproduce` warns and goes on)."""
     limit = ZOO_BYTES if limit is None else limit
@@ -473,6 +478,10 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
         raise ZooTooLargeError(f"{p.run_dir}: its weights take {taken}, over the model zoo's {limit} bytes a file: "
                                "no zoo entry made (the run and its records are kept)")
     entry = zoo / p.cells[0].dataset / f"{p.cells[0].learner_id}_{p.cells[0].ways}w{p.cells[0].shots}s"
+    kept = {}  # the entry made before from the same stored weights: its records' tests on them stand
+    if storage != "float32" and (entry / RECORDS).exists() and (entry / BEST).exists() \
+            and (entry / BEST).read_bytes() == blob.getvalue():
+        kept = {tested(r): r for r in read_records(entry / RECORDS) if r.get("weights") == storage}
     entry.mkdir(parents=True, exist_ok=True)
     (entry / BEST).write_bytes(blob.getvalue())
     config = load_config_values(p.run_dir / CONFIG)
@@ -484,7 +493,7 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     records = [{**r, "checkpoint": name} for r in recorded(out)
                if r.get("run") == str(p.run_dir) and r["protocol"].get("step") == state["step"]]
     if storage != "float32":
-        records = [stored_record(r, entry, storage, limit, data_root) for r in records]
+        records = [stored_record(r, entry, storage, limit, data_root, kept.get(tested(r))) for r in records]
     (entry / RECORDS).write_text("".join(json.dumps(r) + "\n" for r in records))
     evals = [*test_settings(p)[0], f"eval.episodes={CHECK_EPISODES}"]
     check = test_run(entry, "best", data_root, False, evals, write=False)
@@ -494,14 +503,20 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     return entry
 
 
-def stored_record(record: dict, entry: Path, storage: str, limit: int, data_root: str | None) -> dict:
-    """A record of a zoo entry whose weights are stored in ``storage``: its test again on those weights."""
-    result = test_run(entry, "best", data_root, False, record["protocol"].get("overrides", []), write=False)
-    tested = record["ours"]
+def stored_record(record: dict, entry: Path, storage: str, limit: int, data_root: str | None,
+                  kept: dict | None = None) -> dict:
+    """A record of a zoo entry whose weights are stored in ``storage``: its test again on those weights, or
+    ``kept``'s (the same test of the same stored weights, from the entry made before)."""
+    if kept is None:
+        result = test_run(entry, "best", data_root, False, record["protocol"].get("overrides", []), write=False)
+        ours = {"mean": 100 * result.mean, "ci95": 100 * result.ci95, "episodes": result.episodes}
+        curve = result.curve
+    else:
+        ours, curve = kept["ours"], kept.get("curve")
+    first = record["ours"]
     note = (f"Tested on the zoo entry's {storage} weights (the model zoo's {limit} bytes a file); its float32 "
-            f"weights gave {tested['mean']:.2f} +- {tested['ci95']:.2f}.")
-    return {**record, "ours": {"mean": 100 * result.mean, "ci95": 100 * result.ci95, "episodes": result.episodes},
-            **({"curve": result.curve} if result.curve else {}), "weights": storage,
+            f"weights gave {first['mean']:.2f} +- {first['ci95']:.2f}.")
+    return {**record, "ours": ours, **({"curve": curve} if curve else {}), "weights": storage,
             "note": " ".join(filter(None, [record.get("note"), note]))}
 
 

@@ -339,6 +339,13 @@ def test_a_zoo_entry_over_the_size_limit_is_stored_smaller_and_its_records_teste
         line = next(line for line in zoo_lines() if line.startswith("zoo:omniglot/protonet_5w1s "))
         assert f"protonet/omniglot/20w1s {records[-1]['ours']['mean']:.2f} +- " in line
         assert line.endswith(f"(4 steps, {storage} weights)")
+    # the same entry made again from the same stored weights keeps its records' tests on them: only the quick
+    # check runs again
+    calls = []
+    monkeypatch.setattr("metazoo.reproduce.test_run", lambda *a, **k: calls.append(a) or evaluate_run(*a, **k))
+    assert to_zoo(p, zoo, out, str(data_root), limit=limit) == entry
+    assert [json.loads(line) for line in (entry / RECORDS).read_text().splitlines()] == records
+    assert len(calls) == 1
     with pytest.raises(ValueError, match=r"its weights take \d+ bytes in float32, \d+ bytes in float16, \d+ bytes in "
                                          r"int8, over the model zoo's 1000 bytes a file: no zoo entry made"):
         to_zoo(p, tmp_path / "small", out, str(data_root), limit=1000)
