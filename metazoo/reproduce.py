@@ -380,7 +380,7 @@ def run_plan(p: Plan, out: Path, budget: float | None, data_root: str | None, pr
     done = {tested(r) for r in recorded(out) if r.get("run") == str(p.run_dir)}
     written = []
     for cell, evals in zip(p.cells, test_settings(p)):
-        if (cell.id, state["step"], tuple(evals)) in done:
+        if (cell.id, state["step"], tuple(evals)) in done:  # (tested()'s key)
             continue
         start = time.perf_counter()
         result = test_run(p.run_dir, config.eval.checkpoint, data_root, progress, evals)
@@ -459,9 +459,9 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     records of earlier checkpoints stay out). Weights stored smaller than float32 are not the ones the records
     tested, so each record is tested again on the stored weights (its own test settings, all its episodes; not
     again where the entry already holds the same stored weights and that test) and the entry's copy carries that
-    result, ``"weights"`` naming the storage and its note the float32 weights'
-    figure. ``limit``: :data:`ZOO_BYTES` unless given; over it in every storage,
-    :class:`~metazoo.errors.ZooTooLargeError` (:func:`reproduce` warns and goes on)."""
+    result, ``"weights"`` naming the storage and its note the float32 weights' figure. ``limit``:
+    :data:`ZOO_BYTES` unless given; over it in every storage, :class:`~metazoo.errors.ZooTooLargeError`
+    (:func:`reproduce` warns and goes on)."""
     limit = ZOO_BYTES if limit is None else limit
     checkpoint = p.config.eval.checkpoint
     state = load_checkpoint(p.run_dir / (BEST if checkpoint == "best" else LAST))
@@ -481,7 +481,7 @@ def to_zoo(p: Plan, zoo: Path, out: Path, data_root: str | None = None, limit: i
     kept = {}  # the entry made before from the same stored weights: its records' tests on them stand
     if storage != "float32" and (entry / RECORDS).exists() and (entry / BEST).exists() \
             and (entry / BEST).read_bytes() == blob.getvalue():
-        kept = {tested(r): r for r in read_records(entry / RECORDS) if r.get("weights") == storage}
+        kept = {tested(r): r for r in read_records(entry / RECORDS)}  # (the file names its storage)
     entry.mkdir(parents=True, exist_ok=True)
     (entry / BEST).write_bytes(blob.getvalue())
     config = load_config_values(p.run_dir / CONFIG)
