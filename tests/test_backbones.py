@@ -10,6 +10,7 @@ from torch import nn
 
 import metazoo
 from metazoo.backbones import Conv4, ResNet12, create_backbone, list_backbones
+from metazoo.backbones.conv4 import conv_block
 from metazoo.backbones.functional import Functional
 from metazoo.learners.inner import TaskNet
 from metazoo.registry import BACKBONES
@@ -69,6 +70,39 @@ def test_conv4_keeps_its_checkpoint_names():
     assert list(Conv4(depth=2, leaky_slope=0.1).state_dict()) == names  # the activation has no weights
     with pytest.raises(ValueError, match=r"leaky_slope=-0.1 must be 0 \(ReLU\) or positive"):
         Conv4(leaky_slope=-0.1)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_conv_block_pools_before_relu_with_the_same_features_and_gradients_bit_for_bit(memory_format):
+    """The block runs max-pool then ReLU (a quarter of the ReLU's work); the paper's order, ReLU then max-pool,
+    written with torch functions on the same weights, gives equal features and gradients in float32, with
+    windows all negative (some channels' BatchNorm bias far below zero) and ties (values on a coarse grid)."""
+    torch.manual_seed(0)
+    block = conv_block(3, 8, pooling=True).to(memory_format=memory_format)
+    assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.ReLU]
+    with torch.no_grad():
+        block[1].bias.copy_(torch.tensor([-3.0, -1.0, -0.2, 0.0, 0.0, 0.2, 1.0, 3.0]))
+        block[0].weight.copy_(torch.randint(-2, 3, block[0].weight.shape).float())  # ties in the conv's output
+    x = torch.randint(-2, 3, (6, 3, 10, 10)).float().contiguous(memory_format=memory_format)
+    grad = torch.randn(6, 8, 5, 5)
+
+    def run(forward):
+        net = {n: p.detach().clone().requires_grad_() for n, p in block.named_parameters()}
+        out = forward(net)
+        out.backward(grad)
+        return out.detach(), [net[n].grad for n in sorted(net)]
+
+    def paper_order(net):
+        y = F.conv2d(x, net["0.weight"], net["0.bias"], padding=1)
+        y = F.batch_norm(y, None, None, net["1.weight"], net["1.bias"], True)
+        return F.max_pool2d(F.relu(y), 2)
+
+    ours, theirs = run(lambda net: torch.func.functional_call(block, net, (x,))), run(paper_order)
+    assert (theirs[0] == 0).float().mean() > 0.2 and ours[0].unique().numel() < ours[0].numel() / 4  # both cases
+    assert torch.equal(ours[0], theirs[0])
+    for a, b in zip(ours[1], theirs[1]):
+        assert torch.equal(a, b)
+    assert [type(m) for m in conv_block(3, 8, pooling=True, leaky_slope=0.1)][2:] == [nn.LeakyReLU, nn.MaxPool2d]
 
 
 @pytest.mark.parametrize("bn", ["transductive", "per_step"])

@@ -13,14 +13,21 @@ def conv_block(in_channels: int, out_channels: int, pooling: bool, downsample: b
 
     With ``downsample=False`` the block keeps the resolution (stride 1, no pool); with ``leaky_slope > 0``
     the ReLU is a leaky ReLU of that slope for negative inputs (no weights: the same checkpoint names).
+
+    With ReLU the block runs the max-pool first: ReLU is monotone, so it commutes with the max, and both
+    orders give the same features and gradients, bit for bit (the pool's window maximum is one of its
+    inputs; where it is not positive, ReLU's gradient is zero either way). The ReLU and its backward then
+    see a quarter of the values (tests/test_backbones.py; docs/benchmarks.md (i)). A leaky ReLU keeps its
+    place: its products can round two inputs to one value, and the pool would then route the gradient to
+    another position.
     """
     if leaky_slope < 0:
         raise ValueError(f"leaky_slope={leaky_slope} must be 0 (ReLU) or positive (leaky ReLU)")
     stride = 2 if downsample and not pooling else 1
-    layers = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
-              nn.BatchNorm2d(out_channels), nn.LeakyReLU(leaky_slope) if leaky_slope else nn.ReLU()]
-    if downsample and pooling:
-        layers.append(nn.MaxPool2d(2))
+    layers = [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.BatchNorm2d(out_channels)]
+    activation = nn.LeakyReLU(leaky_slope) if leaky_slope else nn.ReLU()
+    pool = [nn.MaxPool2d(2)] if downsample and pooling else []
+    layers += [activation, *pool] if leaky_slope else [*pool, activation]
     return nn.Sequential(*layers)
 
 
