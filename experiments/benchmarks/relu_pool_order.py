@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT = [f"experiments/omniglot/{name}.toml" for name in (
     "protonet_5w1s", "protonet_5w5s", "matching_5w1s", "relation_5w1s", "relation_5w5s", "snail_5w1s",
     "baseline_5w1s")]
+HEADER = ["configuration", "learner", "blocks moved", "same loss and gradients", "ReLU, pool s/step",
+          "pool, ReLU s/step", "speed-up"]
 
 
 def papers_order(objective: nn.Module) -> int:
@@ -71,11 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         a, b = median["ours"] / args.steps, median["papers"] / args.steps
         rows.append([Path(name).stem, config.learner["name"], str(moved), "yes" if same else "NO",
                      f"{b:.3f}", f"{a:.3f}", f"{b / a:.2f}x"])
-        print(table(["configuration", "learner", "blocks moved", "same loss and gradients", "ReLU, pool s/step",
-                     "pool, ReLU s/step", "speed-up"], rows[-1:]).splitlines()[-1], flush=True)
+        print(table(HEADER, rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(table(["configuration", "learner", "blocks moved", "same loss and gradients", "ReLU, pool s/step",
-                 "pool, ReLU s/step", "speed-up"], rows))
+    print(table(HEADER, rows))
     print(f"\nForward + backward of one training step (the config's first meta-batch, training mode, the layout "
           f"\"auto\" chooses), median of {args.repeats} blocks of {args.steps} step(s) after {args.warmup} warm-up "
           f"block(s), taking turns; torch threads: {torch.get_num_threads()}. At the end: {machine()}")
