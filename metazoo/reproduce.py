@@ -83,7 +83,8 @@ def experiments_dir() -> Path:
 # Settings added after runs existed, with the value every earlier run had: at that value a setting (and the ones
 # that only matter with it) stays out of the key, so the earlier runs' directories keep their names.
 SINCE = (("train", "amp", "off", ()), *(("train", key, 0, ()) for key in TRAIN_AUGMENTATIONS),
-         ("optim", "alpha", 0.99, ()), ("optim", "clip_norm", 0, ("clip_scope",)), ("learner", "embed", "sets", ()))
+         ("optim", "alpha", 0.99, ()), ("optim", "clip_norm", 0, ("clip_scope",)), ("learner", "embed", "sets", ()),
+         ("learner", "inner_batch", 0, ()), ("learner", "test_inner_batch", 0, ()))
 
 
 def training_key(config: Config) -> str:

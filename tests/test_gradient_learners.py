@@ -9,7 +9,10 @@ from torch import nn
 
 from metazoo import create_learner
 from metazoo.config import from_dict
-from metazoo.learners.inner import TaskNet, stack_params
+from metazoo.data.sampling import episode_seed
+from metazoo.episode import Episode
+from metazoo.learners.gradient import BATCH_SEED
+from metazoo.learners.inner import TaskNet, mini_batches, stack_params
 from metazoo.trainer import meta_train
 
 from .test_learners import episode
@@ -76,16 +79,23 @@ def test_maml_meta_gradients_equal_learn2learn(first_order, batch_tasks, global_
     assert_grads_close(learner, reference)
 
 
-def manual_sgd(reference, ep, steps, lr, with_query=False):
-    """Plain SGD on the support set of ``ep`` (and its query set), on a deep copy of ``reference``."""
+def manual_sgd(reference, ep, steps, lr, with_query=False, batch=0):
+    """Plain SGD on the support set of ``ep`` (and its query set), on a deep copy of ``reference``; with
+    ``batch``, step s on the s-th slice of ``batch`` items of passes over them in an order of their own
+    (drawn here as the contract says: randperm passes, seeded by the episode's index)."""
     net = copy.deepcopy(reference)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     inputs, labels = ep.support.inputs, ep.support.labels
     if with_query:
         inputs, labels = torch.cat([inputs, ep.query.inputs]), torch.cat([labels, ep.query.labels])
-    for _ in range(steps):
+    order = []
+    generator = torch.Generator().manual_seed(episode_seed(BATCH_SEED, ep.index))
+    while batch and len(order) < steps * batch:
+        order += torch.randperm(len(inputs), generator=generator).tolist()
+    for step in range(steps):
+        rows = order[step * batch:(step + 1) * batch] if batch else slice(None)
         optimizer.zero_grad()
-        F.cross_entropy(net(inputs), labels).backward()
+        F.cross_entropy(net(inputs[rows]), labels[rows]).backward()
         optimizer.step()
     return net
 
@@ -132,6 +142,52 @@ def test_reptile_outer_step_moves_toward_manually_adapted_weights():
         query_loss = sum(F.cross_entropy(net(ep.query.inputs), ep.query.labels)
                          for net, ep in zip(nets, eps)) / len(eps)
     torch.testing.assert_close(stats["loss"], query_loss, rtol=1e-10, atol=0)
+
+
+def test_mini_batches_are_consecutive_slices_of_random_passes():
+    batches = mini_batches(5, 3, 4, torch.Generator().manual_seed(7))
+    assert batches.shape == (4, 3)
+    order = batches.flatten().tolist()  # 12 items: two whole passes over the 5, and 2 of a third
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5)) and order[:5] != order[5:10]
+    torch.testing.assert_close(batches, mini_batches(5, 3, 4, torch.Generator().manual_seed(7)))
+
+
+def test_reptile_inner_mini_batches_equal_manual_sgd_on_each_batch():
+    """Each inner step on its own mini-batch of the episode's 15 items (support and query), drawn from the
+    episode's index; the outer step moves toward the mean of those adapted weights, not the full-batch ones."""
+    learner = make("reptile", inner_steps=4, inner_lr=0.1, inner_batch=5)
+    reference, eps = reference_net(learner), episodes(3)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.5)
+    loss, _ = learner.meta_loss(eps)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    ours = dict(learner.named_parameters())
+    for batch, close in ((5, True), (0, False)):
+        adapted = [dict(manual_sgd(reference, ep, 4, 0.1, with_query=True, batch=batch).named_parameters())
+                   for ep in eps]
+        expected = {n: theta + 0.5 * (torch.stack([a[n] for a in adapted]).mean(0) - theta)
+                    for n, theta in reference.named_parameters()}
+        errors = [float((ours[ref_name(n)] - e).abs().max()) for n, e in expected.items()]
+        assert (max(errors) < 1e-12) == close, (batch, max(errors))
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_test_inner_batch_adapts_on_mini_batches_of_the_support_set_seeded_by_the_episode(name):
+    learner = make(name, inner_steps=1, inner_lr=0.3, test_inner_steps=4, test_inner_batch=4).eval()
+    ep = episodes(2)[1]  # 6 support items, 4 a step; its index seeds the batches
+    reference = reference_net(learner)
+    unnumbered = Episode(ep.support, ep.query, ep.classes, -1)
+    batched, full, anonymous = (manual_sgd(reference, e, 4, 0.3, batch=b)
+                                for e, b in ((ep, 4), (ep, 0), (unnumbered, 4)))
+    with torch.no_grad():
+        torch.testing.assert_close(learner(ep), batched(ep.query.inputs))
+        assert not torch.allclose(learner(ep), full(ep.query.inputs))
+        # adapted without an episode index: index -1's batches
+        torch.testing.assert_close(learner.adapt(ep.support)(ep.query.inputs), anonymous(ep.query.inputs))
+    assert learner.train().inner_batches([0], 6, torch.device("cpu")) is None  # inner_batch 0 while training
+    with pytest.raises(ValueError, match="inner_batch"):
+        make(name, inner_batch=-1)
 
 
 def test_meta_sgd_learns_its_step_sizes_and_starts_as_maml():

@@ -11,12 +11,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..data.sampling import episode_seed, from_host
 from ..episode import Episode, LabeledSet
 from .base import Learner
-from .inner import Params, TaskNet, inner_loop, stack_params
+from .inner import Params, TaskNet, inner_loop, mini_batches, stack_params
 
 
 QUERY_PASS_IMAGES = 4096  # bn = "query_with_support": images in one pass (queries x (support + 1)) at most
+BATCH_SEED = 0x1B  # the inner loop's mini-batches of episode i are drawn from episode_seed(BATCH_SEED, i)
 
 
 class FastWeightClassifier:
@@ -56,6 +58,11 @@ class GradientLearner(Learner):
         tasks_per_pass: while meta-training, adapt and back-propagate this many tasks of a
             meta-batch at a time (0: all of them). Fewer tasks per pass hold fewer graphs (peak
             memory of about one task's graph at 1, like learn2learn's loop); the gradients are the same.
+        inner_batch: items in each inner step's mini-batch while meta-training (0, the default, or
+            at least the task's item count: every step fits all of them). The batches are slices of
+            random passes over the items (:func:`~metazoo.learners.inner.mini_batches`), drawn from
+            a generator seeded by the episode's index, so a resumed run draws the same ones.
+        test_inner_batch: the same in eval mode (``None``: ``inner_batch``).
     """
 
     bn_modes = ("transductive", "query_with_support", "per_step")
@@ -63,11 +70,16 @@ class GradientLearner(Learner):
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
-                 batch_tasks: bool = True, tasks_per_pass: int = 0) -> None:
+                 batch_tasks: bool = True, tasks_per_pass: int = 0, inner_batch: int = 0,
+                 test_inner_batch: int | None = None) -> None:
         super().__init__(backbone, bn)
         self.tasks_per_pass = tasks_per_pass
         if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
             raise ValueError("inner_steps and test_inner_steps must be >= 0")
+        if inner_batch < 0 or (test_inner_batch is not None and test_inner_batch < 0):
+            raise ValueError("inner_batch and test_inner_batch must be >= 0 (0: every inner step on all the items)")
+        self.inner_batch = inner_batch
+        self.test_inner_batch = inner_batch if test_inner_batch is None else test_inner_batch
         self.ways, self.inner_steps, self.inner_lr = ways, inner_steps, inner_lr
         self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
         self.first_order, self.bn = first_order, bn
@@ -102,6 +114,21 @@ class GradientLearner(Learner):
     def steps(self) -> int:
         """Inner steps now: ``inner_steps`` in training mode, ``test_inner_steps`` in eval mode."""
         return self.inner_steps if self.training else self.test_inner_steps
+
+    def inner_items(self, support: int, query: int) -> int:
+        """How many of a task's items the inner loop fits now, given its support and query counts."""
+        return support
+
+    def inner_batches(self, indices: Sequence[int], items: int, device: torch.device) -> torch.Tensor | None:
+        """Each task's inner mini-batches (T, steps, b) of its ``items`` items, the tasks being episodes
+        ``indices``: ``inner_batch`` items a step in training mode, ``test_inner_batch`` in eval mode;
+        ``None`` where every step fits all the items."""
+        size = self.inner_batch if self.training else self.test_inner_batch
+        if size == 0 or size >= items:
+            return None
+        drawn = [mini_batches(items, size, self.steps(), torch.Generator().manual_seed(episode_seed(BATCH_SEED, i)))
+                 for i in indices]
+        return from_host(torch.stack(drawn), device)
 
     # --- the network as a function of (per-task) weights -------------------------------------------
     def _stats(self, step: int) -> dict[str, torch.Tensor]:
@@ -140,9 +167,10 @@ class GradientLearner(Learner):
         return torch.cat(parts, 1)
 
     def fast_weights(self, inputs: torch.Tensor, labels: torch.Tensor, create_graph: bool,
-                     steps: int | None = None) -> Params:
+                     steps: int | None = None, batches: torch.Tensor | None = None) -> Params:
         """Per-task weights adapted on support sets ``inputs`` (T, n, ...) with ``labels`` (T, n)
-        by ``steps`` inner steps (default: :meth:`steps`)."""
+        by ``steps`` inner steps (default: :meth:`steps`), on mini-batches ``batches`` (T, steps, b) of
+        the items (:meth:`inner_batches`), or each on all of them."""
         steps = self.steps() if steps is None else steps
         tasks, adapted = len(inputs), self.adapted_names()
         params = stack_params({n: p for n, p in self.named_parameters() if n.startswith(("backbone.", "head."))},
@@ -154,7 +182,8 @@ class GradientLearner(Learner):
 
             def forward(p, step, features):
                 return self.classify(p, features)
-        return inner_loop(forward, params, adapted, data, labels, steps, self.inner_lrs(), self.loss, create_graph)
+        return inner_loop(forward, params, adapted, data, labels, steps, self.inner_lrs(), self.loss, create_graph,
+                          batches)
 
     # --- the Learner contract ---------------------------------------------------------------------
     def _check(self, support: LabeledSet) -> None:
@@ -162,12 +191,18 @@ class GradientLearner(Learner):
             raise ValueError(f"{type(self).__name__} was built for {self.ways}-way episodes (learner.ways); "
                              f"this episode is {support.ways}-way")
 
-    def adapt(self, support: LabeledSet) -> FastWeightClassifier:
+    def forward(self, episode: Episode) -> torch.Tensor:
+        return self.adapt(episode.support, episode.index)(episode.query.inputs)
+
+    def adapt(self, support: LabeledSet, index: int = -1) -> FastWeightClassifier:
+        """Weights adapted to ``support``; ``index`` (the episode's) seeds the inner mini-batches
+        (``inner_batch``; sets adapted without one, of index -1, share one draw)."""
         self._check(support)
         training, steps = self.training, self.steps()
+        batches = self.inner_batches([index], len(support), support.inputs.device)
         with torch.enable_grad():  # the inner loop needs gradients even when evaluating
             params = self.fast_weights(support.inputs[None], support.labels[None],
-                                       create_graph=training and not self.first_order, steps=steps)
+                                       create_graph=training and not self.first_order, steps=steps, batches=batches)
         if not training:  # eval mode: fast weights are constants
             params = {name: p.detach() for name, p in params.items()}
         return FastWeightClassifier(self, params, steps, support.inputs)
@@ -182,7 +217,10 @@ class GradientLearner(Learner):
             support_y = torch.stack([e.support.labels for e in group])
             query_x = torch.stack([e.query.inputs for e in group])
             query_y = torch.stack([e.query.labels for e in group])
-            loss, logits = self.group_loss(support_x, support_y, query_x, query_y)
+            batches = self.inner_batches([e.index for e in group], self.inner_items(len(group[0].support),
+                                                                                    len(group[0].query)),
+                                         support_x.device)
+            loss, logits = self.group_loss(support_x, support_y, query_x, query_y, batches)
             losses.append(loss * len(group))
             correct = correct + (logits.argmax(-1) == query_y).sum()
             total += query_y.numel()
@@ -200,10 +238,11 @@ class GradientLearner(Learner):
             accuracy = accuracy + stats["accuracy"] * len(part) / len(episodes)
         return {"loss": loss, "accuracy": accuracy}
 
-    def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways)."""
+    def group_loss(self, support_x, support_y, query_x, query_y, batches=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean query loss of a group of same-shape tasks, and their query logits (T, n, ways); ``batches``:
+        the inner loop's mini-batches (:meth:`inner_batches`)."""
         params = self.fast_weights(support_x, support_y,
-                                   create_graph=self.training and not self.first_order)
+                                   create_graph=self.training and not self.first_order, batches=batches)
         logits = self.query_logits(params, self.steps(), support_x, query_x)
         return self.loss(logits.flatten(0, 1), query_y.flatten()), logits
 
@@ -266,27 +305,33 @@ class Reptile(GradientLearner):
 
     While meta-training, the inner loop is plain first-order SGD on all of a training episode's
     labelled data (support and query: the paper trains on more shots than it tests with, e.g. 10
-    per class for Omniglot 1-shot), and the outer update moves the initial weights toward the
-    mean of the adapted ones, ``theta += eps * mean(phi_i - theta)``. It fits the one trainer
-    through its loss: ``meta_loss`` has the gradient of ``0.5 * mean_i ||theta - phi_i||^2`` with
-    ``phi_i`` held constant, which is ``theta - mean(phi_i)``, so an SGD outer optimiser with
-    learning rate ``eps`` (and no momentum) makes exactly Reptile's update; its value is the
-    adapted weights' loss on the query set (which they were fitted on). At test time Reptile
-    adapts on the support set only, like every learner; the paper's main numbers classify each
-    query with the support set and itself in the batch (``bn = "query_with_support"``).
+    per class for Omniglot 1-shot), each step on a mini-batch of ``inner_batch`` of them (the
+    paper's: 5 steps, one pass of 5 batches of 10 over 5-way Omniglot's 50; ``0``: each step on all),
+    and the outer update moves the initial weights toward the mean of the adapted ones,
+    ``theta += eps * mean(phi_i - theta)``. It fits the one trainer through its loss: ``meta_loss``
+    has the gradient of ``0.5 * mean_i ||theta - phi_i||^2`` with ``phi_i`` held constant, which is
+    ``theta - mean(phi_i)``, so an SGD outer optimiser with learning rate ``eps`` (and no momentum)
+    makes exactly Reptile's update; its value is the adapted weights' loss on the query set (which
+    they were fitted on). At test time Reptile adapts on the support set only, like every learner
+    (``test_inner_batch`` items a step); the paper's main numbers classify each query with the
+    support set and itself in the batch (``bn = "query_with_support"``).
     """
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
                  test_inner_steps: int | None = None, bn: str = "transductive", batch_tasks: bool = True,
-                 tasks_per_pass: int = 0) -> None:
+                 tasks_per_pass: int = 0, inner_batch: int = 0, test_inner_batch: int | None = None) -> None:
         super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks,
-                         tasks_per_pass)
+                         tasks_per_pass, inner_batch, test_inner_batch)
 
-    def group_loss(self, support_x, support_y, query_x, query_y) -> tuple[torch.Tensor, torch.Tensor]:
+    def inner_items(self, support: int, query: int) -> int:
+        return support + query if self.training else support
+
+    def group_loss(self, support_x, support_y, query_x, query_y, batches=None) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.training:
-            return super().group_loss(support_x, support_y, query_x, query_y)
+            return super().group_loss(support_x, support_y, query_x, query_y, batches)
         inputs, labels = torch.cat([support_x, query_x], 1), torch.cat([support_y, query_y], 1)
-        params = {n: p.detach() for n, p in self.fast_weights(inputs, labels, create_graph=False).items()}
+        params = {n: p.detach() for n, p in self.fast_weights(inputs, labels, create_graph=False,
+                                                              batches=batches).items()}
         named = dict(self.named_parameters())
         surrogate = sum(0.5 * (named[n] - params[n]).pow(2).sum() for n in self.adapted_names()) / len(inputs)
         with torch.no_grad():  # a training metric on items the weights were fitted on: the queries as one batch

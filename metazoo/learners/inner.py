@@ -62,9 +62,19 @@ def stack_params(named: Mapping[str, torch.Tensor], tasks: int) -> Params:
     return {name: p.expand(tasks, *p.shape) for name, p in named.items()}
 
 
+def mini_batches(items: int, size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Item indices (steps, size) of ``steps`` mini-batches of ``size`` of ``items`` items: consecutive
+    slices of random passes over the items, each pass a fresh permutation drawn from ``generator``
+    (a batch may span two passes), as Reptile's code draws its inner loop's batches."""
+    passes = -(-steps * size // items)
+    order = torch.cat([torch.randperm(items, generator=generator) for _ in range(passes)])
+    return order[:steps * size].view(steps, size)
+
+
 def inner_loop(forward: Callable[[Params, int, torch.Tensor], torch.Tensor], params: Params, adapted: list[str],
                inputs: torch.Tensor, labels: torch.Tensor, steps: int, lr: Mapping[str, float | torch.Tensor],
-               loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], create_graph: bool) -> Params:
+               loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], create_graph: bool,
+               batches: torch.Tensor | None = None) -> Params:
     """``steps`` steps of gradient descent on the support loss of each task, from ``params``.
 
     ``forward(params, step, inputs)`` gives logits ``(T, n, ways)`` with the weights reached after
@@ -72,12 +82,16 @@ def inner_loop(forward: Callable[[Params, int, torch.Tensor], torch.Tensor], par
     task's fast weights follow the gradient of its own loss. ``lr[name]`` is a number or a tensor
     broadcastable to the parameter (Meta-SGD). With ``create_graph`` the updates stay
     differentiable (second order); without it the gradients are constants, which gives the
-    first-order approximation and keeps no graph of the inner steps.
+    first-order approximation and keeps no graph of the inner steps. ``batches`` (T, steps, b), if
+    given, makes each step a mini-batch step: step ``s`` of task ``t`` fits items ``batches[t, s]`` of
+    its ``inputs`` (:func:`mini_batches`); without it every step fits all of them.
     """
     tasks = len(inputs)
+    rows = None if batches is None else torch.arange(tasks, device=batches.device)[:, None]
     for step in range(steps):
-        logits = forward(params, step, inputs)
-        total = loss(logits.flatten(0, 1), labels.flatten()) * tasks
+        x, y = (inputs, labels) if rows is None else (inputs[rows, batches[:, step]], labels[rows, batches[:, step]])
+        logits = forward(params, step, x)
+        total = loss(logits.flatten(0, 1), y.flatten()) * tasks
         grads = torch.autograd.grad(total, [params[name] for name in adapted], create_graph=create_graph)
         params = dict(params)
         for name, grad in zip(adapted, grads):
