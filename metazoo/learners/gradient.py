@@ -62,7 +62,7 @@ class GradientLearner(Learner):
             at least the task's item count: every step fits all of them). The batches are slices of
             random passes over the items (:func:`~metazoo.learners.inner.mini_batches`), drawn from
             a generator seeded by the episode's index, so a resumed run draws the same ones.
-        test_inner_batch: the same in eval mode (``None``: ``inner_batch``).
+        test_inner_batch: the same in eval mode, of the support set (0, the default: all of it).
     """
 
     bn_modes = ("transductive", "query_with_support", "per_step")
@@ -71,15 +71,14 @@ class GradientLearner(Learner):
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 1, inner_lr: float = 0.4,
                  test_inner_steps: int | None = None, first_order: bool = False, bn: str = "transductive",
                  batch_tasks: bool = True, tasks_per_pass: int = 0, inner_batch: int = 0,
-                 test_inner_batch: int | None = None) -> None:
+                 test_inner_batch: int = 0) -> None:
         super().__init__(backbone, bn)
         self.tasks_per_pass = tasks_per_pass
         if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
             raise ValueError("inner_steps and test_inner_steps must be >= 0")
-        if inner_batch < 0 or (test_inner_batch is not None and test_inner_batch < 0):
+        if inner_batch < 0 or test_inner_batch < 0:
             raise ValueError("inner_batch and test_inner_batch must be >= 0 (0: every inner step on all the items)")
-        self.inner_batch = inner_batch
-        self.test_inner_batch = inner_batch if test_inner_batch is None else test_inner_batch
+        self.inner_batch, self.test_inner_batch = inner_batch, test_inner_batch
         self.ways, self.inner_steps, self.inner_lr = ways, inner_steps, inner_lr
         self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
         self.first_order, self.bn = first_order, bn
@@ -217,9 +216,8 @@ class GradientLearner(Learner):
             support_y = torch.stack([e.support.labels for e in group])
             query_x = torch.stack([e.query.inputs for e in group])
             query_y = torch.stack([e.query.labels for e in group])
-            batches = self.inner_batches([e.index for e in group], self.inner_items(len(group[0].support),
-                                                                                    len(group[0].query)),
-                                         support_x.device)
+            items = self.inner_items(support_x.shape[1], query_x.shape[1])
+            batches = self.inner_batches([e.index for e in group], items, support_x.device)
             loss, logits = self.group_loss(support_x, support_y, query_x, query_y, batches)
             losses.append(loss * len(group))
             correct = correct + (logits.argmax(-1) == query_y).sum()
@@ -319,7 +317,7 @@ class Reptile(GradientLearner):
 
     def __init__(self, backbone: nn.Module, ways: int = 5, inner_steps: int = 5, inner_lr: float = 0.1,
                  test_inner_steps: int | None = None, bn: str = "transductive", batch_tasks: bool = True,
-                 tasks_per_pass: int = 0, inner_batch: int = 0, test_inner_batch: int | None = None) -> None:
+                 tasks_per_pass: int = 0, inner_batch: int = 0, test_inner_batch: int = 0) -> None:
         super().__init__(backbone, ways, inner_steps, inner_lr, test_inner_steps, True, bn, batch_tasks,
                          tasks_per_pass, inner_batch, test_inner_batch)
 
