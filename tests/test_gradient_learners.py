@@ -100,14 +100,16 @@ def manual_sgd(reference, ep, steps, lr, with_query=False, batch=0):
     return net
 
 
-def test_first_order_maml_equals_query_gradient_after_manual_sgd():
-    learner = make("maml", inner_steps=3, inner_lr=0.2, first_order=True)
+@pytest.mark.parametrize("batch", [0, 4])
+def test_first_order_maml_equals_query_gradient_after_manual_sgd(batch):
+    """Also with inner mini-batches (4 of the 6 support items a step, drawn from the episode's index)."""
+    learner = make("maml", inner_steps=3, inner_lr=0.2, first_order=True, inner_batch=batch)
     reference, eps = reference_net(learner), episodes(2)
     loss, _ = learner.meta_loss(eps)
     loss.backward()
     expected = {n: torch.zeros_like(p) for n, p in reference.named_parameters()}
     for ep in eps:
-        adapted = manual_sgd(reference, ep, 3, 0.2)
+        adapted = manual_sgd(reference, ep, 3, 0.2, batch=batch)
         grads = torch.autograd.grad(F.cross_entropy(adapted(ep.query.inputs), ep.query.labels),
                                     list(adapted.parameters()))
         for (n, _), g in zip(adapted.named_parameters(), grads):
